@@ -1,0 +1,331 @@
+"""Train a β-VAE on dSprites.
+
+    python train.py --beta 4 --epochs 30                  # Higgins et al.'s objective, β = 4
+    python train.py --beta 4 --epochs 1 --max-steps 200   # a quick run: stops after 200 steps
+    python train.py --objective B --gamma 1000 --c-max 25 # Burgess et al.'s capacity objective
+    python train.py --resume runs/beta4_H_z10_seed0       # continue where a run stopped
+
+Writes into the run folder: ckpt.pt (everything needed to rebuild the model or resume),
+losses.csv (one row per --log-every steps) and loss_curve.png (redrawn at each epoch end).
+"""
+import argparse
+import csv
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import dataset
+from dataset import UserError
+from loss import beta_vae_loss, capacity
+from model import BetaVAE
+
+# Flags that may change when resuming; every other flag is fixed by the stored run.
+RESUMABLE = {"resume", "out", "epochs", "max_steps", "device", "ckpt_every", "log_every", "data",
+             "download"}
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description="Train a β-VAE on dSprites.")
+    p.add_argument("--beta", type=float, default=4.0, help="KL weight β of objective H (default: 4)")
+    p.add_argument("--latent-dim", type=int, default=10, help="latent dimensions (default: 10)")
+    p.add_argument("--objective", default="H", choices=["H", "B"],
+                   help="H: recon + β·KL (Higgins 2017); B: recon + γ·|KL − C| (Burgess 2018) "
+                        "(default: H)")
+    p.add_argument("--gamma", type=float, default=1000.0, help="γ of objective B (default: 1000)")
+    p.add_argument("--c-max", type=float, default=25.0,
+                   help="final capacity C of objective B, in nats (default: 25)")
+    p.add_argument("--c-steps", type=int, default=100_000,
+                   help="steps over which C rises linearly from 0 to --c-max (default: 100000)")
+    p.add_argument("--epochs", type=int, default=30, help="passes over the 737,280 images (default: 30)")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="stop after this many optimizer steps in all (default: no limit)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per step (default: 64)")
+    p.add_argument("--lr", type=float, default=5e-4, help="Adam learning rate (default: 5e-4)")
+    p.add_argument("--seed", type=int, default=0, help="seed for weights, order and noise (default: 0)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                   help="auto picks cuda, then mps, then cpu (default: auto)")
+    p.add_argument("--data", default=None,
+                   help=f"official dSprites npz (default: {dataset.DEFAULT_PATH} if present, "
+                        "else render offline)")
+    p.add_argument("--download", action="store_true",
+                   help="download the official file into data/ first (default: off)")
+    p.add_argument("--out", default=None,
+                   help="run folder (default: runs/beta<β>_H_z<dim>_seed<seed>, or "
+                        "runs/B_gamma<γ>_c<C>_z<dim>_seed<seed>)")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR_OR_CKPT",
+                   help="continue a stopped run from its folder or ckpt.pt (default: new run)")
+    p.add_argument("--ckpt-every", type=int, default=1000,
+                   help="write ckpt.pt every N steps, besides each epoch end (default: 1000)")
+    p.add_argument("--log-every", type=int, default=50,
+                   help="log a losses.csv row and the progress line every N steps (default: 50)")
+    return p
+
+
+def pick_device(name):
+    """The torch device for --device; a clear error when the one asked for is missing."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: CUDA is not available here; use --device cpu or auto")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device mps: MPS is not available here; use --device cpu or auto")
+    return torch.device(name)
+
+
+def default_run_name(args):
+    if args.objective == "H":
+        return f"beta{args.beta:g}_H_z{args.latent_dim}_seed{args.seed}"
+    return f"B_gamma{args.gamma:g}_c{args.c_max:g}_z{args.latent_dim}_seed{args.seed}"
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def save_checkpoint(path, ckpt):
+    """Write atomically (temp file + rename): a crash mid-write never leaves a broken ckpt.pt."""
+    tmp = Path(str(path) + ".tmp")
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, device="cpu"):
+    """Read a ckpt.pt written by this script (a run folder works too); UserError otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "ckpt.pt"
+    if not path.is_file():
+        raise UserError(f"no checkpoint at {path}")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # torch raises many types for a damaged or foreign file
+        raise UserError(f"{path} is not a readable checkpoint: damaged, truncated or not "
+                        f"written by train.py ({type(e).__name__})") from e
+    missing = {"model_args", "model", "optimizer", "step", "args"} - set(ckpt if isinstance(ckpt, dict) else {})
+    if missing:
+        raise UserError(f"{path} is not a checkpoint of train.py: missing {sorted(missing)}")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt, device="cpu"):
+    """Rebuild the trained model from a checkpoint dict alone (eval mode: z = μ)."""
+    model = BetaVAE(**ckpt["model_args"])
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval()
+
+
+# ---------------------------------------------------------------- logging
+
+def csv_columns(latent_dim):
+    return ["step", "epoch", "loss", "recon", "kl", "c"] + [f"kl_z{k}" for k in range(latent_dim)]
+
+
+def truncate_log(path, step):
+    """On resume, drop rows logged after the checkpoint: those steps are trained again."""
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([rows[0]] + [r for r in rows[1:] if int(r[0]) <= step])
+
+
+def plot_losses(csv_path, png_path):
+    """loss_curve.png: total, reconstruction and KL over steps; each latent's KL beside."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    steps = [int(r["step"]) for r in rows]
+    col = lambda name: [float(r[name]) for r in rows]  # noqa: E731
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
+    for name in ("loss", "recon", "kl"):
+        ax1.plot(steps, col(name), label={"loss": "total", "recon": "reconstruction",
+                                           "kl": "KL"}[name])
+    ax1.set(xlabel="step", ylabel="nats per image", yscale="log", title="β-VAE loss")
+    ax1.legend()
+    for name in [k for k in rows[0] if k.startswith("kl_z")]:
+        ax2.plot(steps, col(name), label=name[3:])
+    ax2.set(xlabel="step", ylabel="KL (nats)", title="KL per latent dimension")
+    ax2.legend(ncol=2, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+
+
+class StopFlag:
+    """Ctrl-C and SIGTERM set a flag; the loop checkpoints at the next step and exits."""
+
+    def __init__(self):
+        self.signum = None
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, self._set)
+
+    def _set(self, signum, frame):
+        self.signum = signum
+
+
+# ---------------------------------------------------------------- training
+
+def epoch_order(seed, epoch, n):
+    """The shuffled image order of one epoch, a function of (seed, epoch) alone, so a resumed
+    run sees exactly the batches it would have seen."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
+def train_step(model, opt, imgs, args, c):
+    """One optimizer step on a uint8 batch; returns the loss parts as tensors (no host sync)."""
+    x = imgs.unsqueeze(1).float()  # B, 1, 64, 64: converted here, one batch at a time
+    logits, mu, logvar = model(x)
+    parts = beta_vae_loss(logits, x, mu, logvar, args.objective, args.beta, args.gamma, c)
+    opt.zero_grad(set_to_none=True)
+    parts["loss"].backward()
+    opt.step()
+    return {k: v.detach() for k, v in parts.items()}
+
+
+def resolve_args(args, parser):
+    """For --resume: the stored run's arguments, with only RESUMABLE flags taken from the
+    command line; any other flag that differs from the stored run is an error, not ignored."""
+    ckpt = load_checkpoint(args.resume)
+    stored = dict(ckpt["args"])
+    resume = Path(args.resume)
+    args.out = str(resume if resume.is_dir() else resume.parent)  # the folder may have moved
+    for key, value in vars(args).items():
+        if key in RESUMABLE:
+            stored[key] = value
+        elif value != parser.get_default(key) and value != stored.get(key):
+            raise UserError(f"--{key.replace('_', '-')} {value} conflicts with the run being "
+                            f"resumed ({stored.get(key)}); a resumed run keeps its settings")
+    return argparse.Namespace(**stored), ckpt
+
+
+def train(args, ckpt=None):
+    device = pick_device(args.device)
+    torch.manual_seed(args.seed)
+    data = dataset.load(args.data, args.download, device)
+    out = Path(args.out)
+    model = BetaVAE(latent_dim=args.latent_dim).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    step = 0
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        step = ckpt["step"]
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
+        truncate_log(out / "losses.csv", step)
+        print(f"resumed {out} at step {step}")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "losses.csv", "w", newline="") as f:
+            csv.writer(f).writerow(csv_columns(args.latent_dim))
+
+    steps_per_epoch = len(data) // args.batch_size
+    total = args.epochs * steps_per_epoch
+    if args.max_steps is not None:
+        total = min(total, args.max_steps)
+
+    def checkpoint():
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            raise UserError(f"weights became non-finite near step {step}; stopped. "
+                            f"{out / 'ckpt.pt'} keeps the last good state (try a lower --lr)")
+        save_checkpoint(out / "ckpt.pt", {
+            "model_args": model.config, "model": model.state_dict(),
+            "optimizer": opt.state_dict(), "step": step, "epoch": step / steps_per_epoch,
+            "args": vars(args),
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None},
+        })
+
+    stop = StopFlag()
+    print(f"training on {device}: {total - step} steps to go ({step}/{total}), "
+          f"batch {args.batch_size}, {steps_per_epoch} steps per epoch -> {out}")
+    sums, n_sum, t_log, step_log = None, 0, time.perf_counter(), step
+    while step < total:
+        epoch, pos = divmod(step, steps_per_epoch)
+        order = epoch_order(args.seed, epoch, len(data))
+        while pos < steps_per_epoch and step < total:
+            batch = order[pos * args.batch_size:(pos + 1) * args.batch_size]
+            c = capacity(step, args.c_max, args.c_steps) if args.objective == "B" else 0.0
+            parts = train_step(model, opt, data.images(batch), args, c)
+            sums = parts if sums is None else {k: sums[k] + v for k, v in parts.items()}
+            n_sum += 1
+            step, pos = step + 1, pos + 1
+            at_epoch_end = pos == steps_per_epoch or step == total
+            due_ckpt = step % args.ckpt_every == 0 or at_epoch_end or stop.signum
+            if step % args.log_every == 0 or due_ckpt:  # a checkpoint is written only after a check
+                means = {k: v / n_sum for k, v in sums.items()}
+                if not all(torch.isfinite(v).all() for v in means.values()):
+                    raise UserError(f"loss is {means['loss'].item()} near step {step}; stopped. "
+                                    f"{out / 'ckpt.pt'} keeps the last good state "
+                                    "(try a lower --lr)")
+                now = time.perf_counter()
+                rate = (step - step_log) * args.batch_size / (now - t_log)
+                log_row(out / "losses.csv", step, step / steps_per_epoch, means, c)
+                progress(step, total, epoch, args.epochs, means, rate)
+                sums, n_sum, t_log, step_log = None, 0, now, step
+            if due_ckpt:
+                checkpoint()
+            if at_epoch_end:
+                plot_losses(out / "losses.csv", out / "loss_curve.png")
+                print(f"\nepoch {epoch + 1}/{args.epochs} done at step {step}: "
+                      f"wrote {out / 'ckpt.pt'} and {out / 'loss_curve.png'}")
+            if stop.signum:
+                name = signal.Signals(stop.signum).name
+                print(f"\n{name}: stopped at step {step}; checkpoint saved. Continue with: "
+                      f"python train.py --resume {out}")
+                return 128 + stop.signum
+    print(f"done: {step} steps; model in {out / 'ckpt.pt'}")
+    return 0
+
+
+def log_row(path, step, epoch, means, c):
+    with open(path, "a", newline="") as f:
+        csv.writer(f).writerow([step, f"{epoch:.4f}"] + [
+            f"{means[k].item():.4f}" for k in ("loss", "recon", "kl")] + [f"{c:.3f}"] + [
+            f"{v:.4f}" for v in means["kl_per_dim"].tolist()])
+
+
+def progress(step, total, epoch, epochs, means, rate):
+    """One progress line: redrawn in place on a terminal, one line per log elsewhere."""
+    done = int(30 * step / total)
+    line = (f"epoch {epoch + 1}/{epochs} [{'#' * done}{'.' * (30 - done)}] step {step}/{total} "
+            f"loss {means['loss'].item():.2f} recon {means['recon'].item():.2f} "
+            f"kl {means['kl'].item():.2f} | {rate:,.0f} img/s")
+    print("\r" + line if sys.stdout.isatty() else line, end="" if sys.stdout.isatty() else "\n",
+          flush=True)
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    ckpt = None
+    if args.resume:
+        args, ckpt = resolve_args(args, parser)
+    else:
+        args.out = args.out or str(Path("runs") / default_run_name(args))
+        if (Path(args.out) / "ckpt.pt").exists():
+            raise UserError(f"{args.out} already holds a run; continue it with --resume "
+                            f"{args.out}, or choose another --out")
+    for flag in ("epochs", "batch_size", "latent_dim", "log_every", "ckpt_every", "c_steps"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
+    if not (args.lr > 0 and math.isfinite(args.lr)):
+        raise UserError("--lr must be a positive number")
+    return train(args, ckpt)
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except UserError as e:
+        sys.exit(f"train.py: error: {e}")

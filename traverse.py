@@ -1,0 +1,154 @@
+"""Latent traversals of a trained β-VAE: GIFs, a PNG grid and a reconstruction figure.
+
+    python traverse.py runs/beta4_H_z10_seed0/ckpt.pt
+
+For each sample image (rows 1-4: one per shape plus one more) and each latent k, writes
+gif/<row>/traversal_latent_dim_<k>.gif: z_k swept from -limit to +limit and back, the other
+latents held at the sample's posterior mean. A bar under each frame marks the current z_k.
+Also gif/traversal_grid.png (rows = latents, columns = z values, for sample 1) and
+gif/reconstructions.png (inputs above reconstructions).
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import dataset
+from dataset import UserError
+from train import load_checkpoint, model_from_checkpoint
+
+# Four fixed samples as factor classes (shape, scale, orientation, posX, posY): a square, an
+# ellipse and a heart, mid-sized and off-centre, and a small rotated heart near a corner.
+SAMPLES = ((0, 3, 0, 10, 20), (1, 4, 5, 20, 12), (2, 5, 0, 16, 16), (2, 1, 12, 25, 6))
+UPSCALE = 2  # 64 px frames are small on a page; nearest-neighbour keeps them crisp
+BAR = 6  # height in pixels of the z-position bar under each frame
+FRAME_MS = 80
+
+
+def parse_indices(text):
+    try:
+        index = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of indices")
+    if not all(0 <= i < dataset.NUM_IMAGES for i in index):
+        raise argparse.ArgumentTypeError(f"indices must lie in [0, {dataset.NUM_IMAGES})")
+    return index
+
+
+def traverse(model, x, dim, values):
+    """Decode z with z[dim] swept over values, the other latents at x's posterior mean.
+    x: (1, 1, 64, 64) -> (len(values), 64, 64) pixel probabilities."""
+    with torch.no_grad():
+        mu, _ = model.encode(x)
+        z = mu.repeat(len(values), 1)
+        z[:, dim] = values
+        return torch.sigmoid(model.decode(z))[:, 0]
+
+
+def gif_frames(images, values, limit):
+    """uint8 frames, upscaled, each with a bar marking its z value; forward then back."""
+    frames = []
+    for img, z in zip(images.numpy(), values.tolist()):
+        big = np.kron(img, np.ones((UPSCALE, UPSCALE)))
+        bar = np.full((BAR, big.shape[1]), 0.25)
+        pos = round((z + limit) / (2 * limit) * (big.shape[1] - 4))
+        bar[1:-1, pos:pos + 4] = 1.0
+        frames.append((np.concatenate([big, bar]) * 255).astype(np.uint8))
+    return frames + frames[-2:0:-1]  # ping-pong: forward, then back without repeating the ends
+
+
+def write_gifs(model, xs, out, limit, n_frames):
+    import imageio.v3 as iio
+
+    values = torch.linspace(-limit, limit, n_frames)
+    paths = []
+    for row, x in enumerate(xs, start=1):
+        (out / str(row)).mkdir(parents=True, exist_ok=True)
+        for k in range(model.latent_dim):
+            frames = gif_frames(traverse(model, x[None], k, values), values, limit)
+            path = out / str(row) / f"traversal_latent_dim_{k}.gif"
+            iio.imwrite(path, np.stack(frames), duration=FRAME_MS, loop=0)
+            paths.append(path)
+    return paths
+
+
+def write_grid(model, x, path, limit, n_frames, labels):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = torch.linspace(-limit, limit, n_frames)
+    rows = [traverse(model, x[None], k, values).numpy() for k in range(model.latent_dim)]
+    fig, axes = plt.subplots(len(rows), n_frames, figsize=(n_frames * 0.8, len(rows) * 0.8),
+                             squeeze=False)
+    for k, (imgs, label) in enumerate(zip(rows, labels)):
+        for j, img in enumerate(imgs):
+            ax = axes[k, j]
+            ax.imshow(img, cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([]), ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+            if k == len(rows) - 1:
+                ax.set_xlabel(f"{values[j].item():.1f}", fontsize=7)
+    fig.suptitle("latent traversals (rows: latents, columns: z value)", fontsize=9)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def write_reconstructions(model, xs, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with torch.no_grad():
+        recon = torch.sigmoid(model(xs)[0])[:, 0]
+    fig, axes = plt.subplots(2, len(xs), figsize=(len(xs) * 1.3, 2.8), squeeze=False)
+    for j in range(len(xs)):
+        for i, img in enumerate((xs[j, 0], recon[j])):
+            axes[i, j].imshow(img.numpy(), cmap="gray", vmin=0, vmax=1)
+            axes[i, j].set_xticks([]), axes[i, j].set_yticks([])
+    axes[0, 0].set_ylabel("input")
+    axes[1, 0].set_ylabel("reconstruction")
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Latent traversals of a trained β-VAE.")
+    p.add_argument("ckpt", help="checkpoint written by train.py (or its run folder)")
+    p.add_argument("--out", default="gif", help="output folder (default: gif/)")
+    p.add_argument("--limit", type=float, default=3.0, help="sweep z from -limit to +limit (default: 3)")
+    p.add_argument("--frames", type=int, default=13, help="z values per sweep (default: 13)")
+    default_samples = ",".join(
+        str(i) for i in dataset.factors_to_index(torch.tensor(SAMPLES)).tolist())
+    p.add_argument("--samples", type=parse_indices, default=parse_indices(default_samples),
+                   help="comma-separated dSprites indices, one GIF row each "
+                        f"(default: {default_samples}: a square, an ellipse and two hearts)")
+    p.add_argument("--data", default=None,
+                   help=f"official dSprites npz (default: {dataset.DEFAULT_PATH} if present, "
+                        "else render offline)")
+    args = p.parse_args(argv)
+    if args.frames < 2:
+        raise UserError("--frames must be at least 2")
+    if not args.limit > 0:
+        raise UserError("--limit must be positive")
+
+    model = model_from_checkpoint(load_checkpoint(args.ckpt))
+    data = dataset.load(args.data)
+    xs = data.images(torch.tensor(args.samples)).unsqueeze(1).float()  # S, 1, 64, 64
+    out = Path(args.out)
+    paths = write_gifs(model, xs, out, args.limit, args.frames)
+    labels = [f"z{k}" for k in range(model.latent_dim)]
+    write_grid(model, xs[0], out / "traversal_grid.png", args.limit, args.frames, labels)
+    write_reconstructions(model, xs, out / "reconstructions.png")
+    print(f"wrote {len(paths)} GIFs to {out}/<row>/, {out / 'traversal_grid.png'} and "
+          f"{out / 'reconstructions.png'}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except UserError as e:
+        sys.exit(f"traverse.py: error: {e}")
