@@ -210,18 +210,21 @@ def load_official(path):
             missing = {"imgs", "latents_classes", "latents_values", "metadata"} - keys
             if missing:
                 raise UserError(f"{path} is not the dSprites file: missing {sorted(missing)}")
-            packed = _read_packed_images(zf)
             # Key names only: metadata is a Python-2 pickle, and nothing here needs to run it.
-            classes = np.load(zf.open("latents_classes.npy"))
+            _check_classes(np.load(zf.open("latents_classes.npy")), path)
+            return _read_packed_images(zf)
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
         raise UserError(f"{path} is not a readable npz ({e}); it may be truncated") from e
+
+
+def _check_classes(classes, path):
+    """The file's factor classes must be the official grid in the official order."""
     if classes.shape != (NUM_IMAGES, 6) or classes.dtype != np.int64:
         raise UserError(f"latents_classes must be int64 ({NUM_IMAGES}, 6), "
                         f"got {classes.dtype} {classes.shape}")
     expected = index_to_factors(torch.arange(NUM_IMAGES)).numpy()
     if not np.array_equal(classes[:, 1:], expected):
         raise UserError(f"{path}: latents_classes are not in the official order")
-    return packed
 
 
 def download(dest=DEFAULT_PATH, url=OFFICIAL_URL, md5=OFFICIAL_MD5):

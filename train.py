@@ -24,8 +24,9 @@ from dataset import UserError
 from loss import beta_vae_loss, capacity
 from model import BetaVAE
 
-# Flags that may change when resuming; every other flag is fixed by the stored run.
-RESUMABLE = {"resume", "out", "epochs", "max_steps", "device", "ckpt_every", "log_every", "data",
+# Flags that may change when resuming (a lower --lr rescues a diverged run); every other
+# flag is fixed by the stored run.
+RESUMABLE = {"resume", "epochs", "max_steps", "lr", "device", "ckpt_every", "log_every", "data",
              "download"}
 
 
@@ -197,11 +198,13 @@ def resolve_args(args, parser):
     ckpt = load_checkpoint(args.resume)
     stored = dict(ckpt["args"])
     resume = Path(args.resume)
-    args.out = str(resume if resume.is_dir() else resume.parent)  # the folder may have moved
+    stored["out"] = str(resume if resume.is_dir() else resume.parent)  # the folder may have moved
     for key, value in vars(args).items():
+        if value == parser.get_default(key) or value == stored.get(key):
+            continue  # not given on the command line, or the same as stored
         if key in RESUMABLE:
             stored[key] = value
-        elif value != parser.get_default(key) and value != stored.get(key):
+        else:
             raise UserError(f"--{key.replace('_', '-')} {value} conflicts with the run being "
                             f"resumed ({stored.get(key)}); a resumed run keeps its settings")
     return argparse.Namespace(**stored), ckpt
@@ -218,6 +221,8 @@ def train(args, ckpt=None):
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
+        for group in opt.param_groups:  # the stored state carries the old rate; --lr wins
+            group["lr"] = args.lr
         step = ckpt["step"]
         torch.set_rng_state(ckpt["rng"]["torch"])
         if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
@@ -236,8 +241,7 @@ def train(args, ckpt=None):
 
     def checkpoint():
         if not all(torch.isfinite(p).all() for p in model.parameters()):
-            raise UserError(f"weights became non-finite near step {step}; stopped. "
-                            f"{out / 'ckpt.pt'} keeps the last good state (try a lower --lr)")
+            raise diverged(out, f"weights became non-finite near step {step}")
         save_checkpoint(out / "ckpt.pt", {
             "model_args": model.config, "model": model.state_dict(),
             "optimizer": opt.state_dict(), "step": step, "epoch": step / steps_per_epoch,
@@ -265,9 +269,7 @@ def train(args, ckpt=None):
             if step % args.log_every == 0 or due_ckpt:  # a checkpoint is written only after a check
                 means = {k: v / n_sum for k, v in sums.items()}
                 if not all(torch.isfinite(v).all() for v in means.values()):
-                    raise UserError(f"loss is {means['loss'].item()} near step {step}; stopped. "
-                                    f"{out / 'ckpt.pt'} keeps the last good state "
-                                    "(try a lower --lr)")
+                    raise diverged(out, f"loss is {means['loss'].item()} near step {step}")
                 now = time.perf_counter()
                 rate = (step - step_log) * args.batch_size / (now - t_log)
                 log_row(out / "losses.csv", step, step / steps_per_epoch, means, c)
@@ -286,6 +288,13 @@ def train(args, ckpt=None):
                 return 128 + stop.signum
     print(f"done: {step} steps; model in {out / 'ckpt.pt'}")
     return 0
+
+
+def diverged(out, what):
+    """The error for a NaN/inf: training stops and the last checkpoint (if any) stays as it was."""
+    ckpt = out / "ckpt.pt"
+    kept = f"{ckpt} keeps the last good state" if ckpt.exists() else "no checkpoint was written"
+    return UserError(f"{what}; stopped. {kept} (try a lower --lr)")
 
 
 def log_row(path, step, epoch, means, c):

@@ -1,0 +1,318 @@
+"""Disentanglement scores of a trained β-VAE on dSprites: β-VAE score, FactorVAE score and MIG.
+
+    python evaluate.py runs/beta4_H_z10_seed0/ckpt.pt           # full protocol, a few minutes on CPU
+    python evaluate.py runs/beta4_H_z10_seed0/ckpt.pt --quick   # a tenth of the classifier samples
+
+Protocols of google-research/disentanglement_lib: the β-VAE score (Higgins et al. 2017), the
+FactorVAE score (Kim & Mnih 2018) and the mutual information gap (Chen et al. 2018), on the
+encoder mean μ(x) (--sample: one posterior sample per image). Prints a table and writes
+metrics.json and latent_factor_mi.png (normalised mutual information, latents x factors) next
+to the checkpoint. The whole sampling plan is drawn first from one seeded numpy generator; each
+distinct image it touches is then encoded once and every score reads its codes from that table.
+"""
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import dataset
+from dataset import FACTOR_NAMES, FACTOR_SIZES, NUM_IMAGES, UserError
+from loss import kl_per_dim
+from train import load_checkpoint, model_from_checkpoint, pick_device
+
+# Sample counts of disentanglement_lib's metric configs; --quick takes a tenth of the classifier
+# samples and keeps the 10,000 images of MIG and of the FactorVAE variance estimate.
+PROTOCOL = {"n_beta_train": 10_000, "n_beta_eval": 5_000, "n_fvae_train": 10_000,
+            "n_fvae_eval": 5_000, "n_variance": 10_000, "n_mig": 10_000, "batch": 64}
+QUICK = {"n_beta_train": 1_000, "n_beta_eval": 500, "n_fvae_train": 1_000, "n_fvae_eval": 500}
+PRUNE_STD = 0.05  # FactorVAE: latents with a global std below this count as collapsed
+MIG_BINS = 20
+CPU_CHUNK = 256  # on CPU the encoder runs several times faster on cache-sized pieces
+BASES = np.array(dataset.BASES)
+
+
+# ---------------------------------------------------------------- sampling plan
+
+def _random_factors(rng, shape):
+    """(*shape, 5) factor classes, each factor uniform over its classes (@ BASES: indices)."""
+    return np.stack([rng.integers(size, size=shape) for size in FACTOR_SIZES], axis=-1)
+
+
+def _fix_factor(rng, n, batch, pairs):
+    """n groups of `batch` images (or image pairs) sharing the value of one random factor k:
+    returns (k (n,), indices (n, batch) or (n, 2, batch))."""
+    k = rng.integers(len(FACTOR_NAMES), size=n)
+    keep = (np.arange(len(FACTOR_NAMES)) == k[:, None, None])  # n, 1, 5
+    if pairs:  # β-VAE: pair i shares factor k, other factors independent
+        f1, f2 = _random_factors(rng, (n, batch)), _random_factors(rng, (n, batch))
+        return k, np.stack([f1 @ BASES, np.where(keep, f1, f2) @ BASES], axis=1)
+    f = _random_factors(rng, (n, batch))  # FactorVAE: the whole batch shares factor k
+    return k, np.where(keep, f[:, :1], f) @ BASES
+
+
+def plan(rng, n_beta_train=10_000, n_beta_eval=5_000, n_fvae_train=10_000, n_fvae_eval=5_000,
+         n_variance=10_000, n_mig=10_000, batch=64):
+    """Every image draw of the three protocols, as official indices, from numpy generator rng.
+
+    beta_train/beta_eval: (k, (n, 2, batch)); fvae_train/fvae_eval: (k, (n, batch));
+    variance, mig: (n,) random images. k is the factor held fixed in each point or vote.
+    """
+    return {"beta_train": _fix_factor(rng, n_beta_train, batch, pairs=True),
+            "beta_eval": _fix_factor(rng, n_beta_eval, batch, pairs=True),
+            "variance": _random_factors(rng, n_variance) @ BASES,
+            "fvae_train": _fix_factor(rng, n_fvae_train, batch, pairs=False),
+            "fvae_eval": _fix_factor(rng, n_fvae_eval, batch, pairs=False),
+            "mig": _random_factors(rng, n_mig) @ BASES}
+
+
+def plan_indices(p):
+    """All indices a plan touches, flattened (with repeats)."""
+    arrays = [v[1] if isinstance(v, tuple) else v for v in p.values()]
+    return np.concatenate([a.ravel() for a in arrays])
+
+
+# ---------------------------------------------------------------- scores (pure functions)
+# `codes` is a lookup table: codes[i] is the representation of the image with official index i
+# (an array of NUM_IMAGES rows; only the rows a plan touches are read).
+
+def beta_vae_score(codes, train, evaluation):
+    """Higgins et al.: logistic regression (scikit-learn defaults) predicts the fixed factor
+    from the mean absolute code difference over each point's pairs."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    def features(points):
+        k, idx = points
+        z = codes[idx]  # n, 2, batch, d
+        return np.abs(z[:, 0] - z[:, 1]).mean(axis=1, dtype=np.float64), k
+
+    x, y = features(train)
+    clf = LogisticRegression()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # reported as "converged" instead
+        clf.fit(x, y)
+    return {"train_accuracy": float(clf.score(x, y)),
+            "eval_accuracy": float(clf.score(*features(evaluation))),
+            "converged": bool(np.max(clf.n_iter_) < clf.max_iter)}
+
+
+def factor_vae_score(codes, variance_index, train, evaluation, threshold=PRUNE_STD):
+    """Kim & Mnih: the latent of least normalised variance in a batch with one factor fixed votes
+    for that factor; a majority-vote classifier latent -> factor is scored on fresh votes."""
+    global_var = codes[variance_index].var(axis=0, ddof=1, dtype=np.float64)
+    active = np.flatnonzero(np.sqrt(global_var) >= threshold)
+    if len(active) == 0:  # every latent collapsed: no votes can be cast
+        return {"train_accuracy": 0.0, "eval_accuracy": 0.0, "num_active_dims": 0}
+
+    def votes(points):  # (latents, factors) vote counts
+        k, idx = points
+        local_var = codes[idx][:, :, active].var(axis=1, ddof=1, dtype=np.float64)  # n, active
+        latent = active[np.argmin(local_var / global_var[active], axis=1)]
+        v = np.zeros((codes.shape[1], len(FACTOR_NAMES)), dtype=np.int64)
+        np.add.at(v, (latent, k), 1)
+        return v
+
+    train_votes = votes(train)
+    vote = train_votes.argmax(axis=1)  # the factor each latent stands for
+    accuracy = lambda v: float(v[np.arange(len(v)), vote].sum() / v.sum())  # noqa: E731
+    return {"train_accuracy": accuracy(train_votes), "eval_accuracy": accuracy(votes(evaluation)),
+            "num_active_dims": len(active)}
+
+
+def discretize(z, bins=MIG_BINS):
+    """Each column into `bins` equal-width bins over its observed range (disentanglement_lib's
+    _histogram_discretize: np.histogram's edges, then np.digitize)."""
+    return np.stack([np.digitize(col, np.histogram(col, bins)[1][:-1]) for col in z.T], axis=1)
+
+
+def mig(codes, index, bins=MIG_BINS):
+    """Chen et al.'s mutual information gap on the images `index`.
+
+    mi: I(z_j; v_k) / H(v_k), latents x factors; mig: mean over factors of the gap between the
+    two largest entries of each column; mig_no_shape: the same without the shape factor.
+    """
+    from sklearn.metrics import mutual_info_score
+
+    v = index[:, None] // BASES % np.array(FACTOR_SIZES)  # n, 5 factor classes
+    z = discretize(codes[index], bins)
+    mi = np.array([[mutual_info_score(v[:, k], z[:, j]) for k in range(v.shape[1])]
+                   for j in range(z.shape[1])])
+    entropy = np.array([mutual_info_score(f, f) for f in v.T])
+    mi = mi / entropy
+    # A zero row leaves the top two of every column unchanged (MI >= 0) and covers one latent.
+    top = np.sort(np.vstack([mi, np.zeros_like(entropy)]), axis=0)[::-1]
+    gap = top[0] - top[1]
+    return {"mig": float(gap.mean()), "mig_no_shape": float(gap[1:].mean()),
+            "mig_per_factor": dict(zip(FACTOR_NAMES, gap.tolist())), "mi": mi.tolist(),
+            "entropy": dict(zip(FACTOR_NAMES, entropy.tolist()))}
+
+
+def score(codes, p):
+    """All three scores of lookup table `codes` on plan p."""
+    return {"beta_vae": beta_vae_score(codes, p["beta_train"], p["beta_eval"]),
+            "factor_vae": factor_vae_score(codes, p["variance"], p["fvae_train"], p["fvae_eval"]),
+            **mig(codes, p["mig"])}
+
+
+# ---------------------------------------------------------------- model
+
+def encode(model, data, index, batch_size=4096, log=None):
+    """Encoder mean and log-variance of the images at `index` (1-D), as float32 numpy arrays
+    (len(index), latent_dim). Images are drawn batch_size at a time on data's device."""
+    device = next(model.parameters()).device
+    chunk = CPU_CHUNK if device.type == "cpu" else batch_size
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(index), batch_size):
+            imgs = data.images(torch.from_numpy(index[start:start + batch_size])).to(device)
+            x = imgs.unsqueeze(1).float().contiguous(memory_format=torch.channels_last)
+            out += [torch.cat(model.encode(c), dim=1).cpu() for c in x.split(chunk)]
+            if log:
+                log(min(start + batch_size, len(index)), len(index))
+    z = torch.cat(out).numpy()
+    return z[:, :z.shape[1] // 2], z[:, z.shape[1] // 2:]
+
+
+def evaluate_model(model, data, seed=0, quick=False, sample=False, batch_size=4096,
+                   log=None, **counts):
+    """Scores of `model` on `data` (a dataset.DSprites), reproducible for a given seed.
+
+    quick: a tenth of the β-VAE and FactorVAE samples. sample: represent each image by one
+    posterior sample (seeded) instead of the mean. counts: overrides of plan()'s sample counts.
+    log(done, total): optional progress callback while encoding. Returns a JSON-ready dict: the
+    scores, mi (latents x factors), kl_per_dim (mean KL of each latent on the MIG images) and
+    the settings used. The model's training mode is restored; torch's RNG is not touched.
+    """
+    t0 = time.perf_counter()
+    counts = {**PROTOCOL, **(QUICK if quick else {}), **counts}
+    rng = np.random.default_rng(seed)
+    p = plan(rng, **counts)
+    index = np.unique(plan_indices(p))
+    was_training = model.training
+    try:
+        mu, logvar = encode(model.eval(), data, index, batch_size, log)
+    finally:
+        model.train(was_training)
+    if not (np.isfinite(mu).all() and np.isfinite(logvar).all()):
+        raise UserError("the encoder returned non-finite values; the model is broken")
+    codes = mu + np.exp(0.5 * logvar) * rng.standard_normal(mu.shape, np.float32) if sample else mu
+    table = np.full((NUM_IMAGES, mu.shape[1]), np.nan, dtype=np.float32)
+    table[index] = codes
+    at = np.searchsorted(index, p["mig"])
+    kl = kl_per_dim(torch.from_numpy(mu[at]), torch.from_numpy(logvar[at]))
+    return {**score(table, p), "kl_per_dim": kl.tolist(), "factors": list(FACTOR_NAMES),
+            "seed": seed, "representation": "sample" if sample else "mean", "counts": counts,
+            "images_drawn": len(plan_indices(p)), "images_encoded": len(index),
+            "seconds": round(time.perf_counter() - t0, 2)}
+
+
+# ---------------------------------------------------------------- report
+
+def table(result):
+    """The scores as a small text table."""
+    b, f = result["beta_vae"], result["factor_vae"]
+    rows = [("β-VAE score (Higgins 2017)", b["train_accuracy"], b["eval_accuracy"],
+             "" if b["converged"] else "logistic regression did not converge"),
+            ("FactorVAE score (Kim 2018)", f["train_accuracy"], f["eval_accuracy"],
+             f"{f['num_active_dims']}/{len(result['kl_per_dim'])} active latents"),
+            ("MIG (Chen 2018)", None, result["mig"], ""),
+            ("MIG without shape", None, result["mig_no_shape"], "")]
+    lines = [f"{'score':28s} {'train':>6s} {'eval':>6s}"]
+    for name, tr, ev, note in rows:
+        lines.append(f"{name:28s} {'' if tr is None else f'{tr:.3f}':>6s} {ev:6.3f}  {note}".rstrip())
+    return "\n".join(lines)
+
+
+def plot_mi(result, path):
+    """Heatmap of I(z_j; v_k) / H(v_k), latents (sorted by KL, largest first) x factors."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mi, kl = np.array(result["mi"]), np.array(result["kl_per_dim"])
+    order = np.argsort(-kl, kind="stable")
+    fig, ax = plt.subplots(figsize=(6, 1.2 + 0.4 * len(order)))
+    im = ax.imshow(mi[order], cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    for i, row in enumerate(mi[order]):
+        for k, value in enumerate(row):
+            ax.text(k, i, f"{value:.2f}", ha="center", va="center", fontsize=8,
+                    color="black" if value > 0.6 else "white")
+    ax.set_xticks(range(mi.shape[1]), result["factors"])
+    ax.set_yticks(range(len(order)), [f"z{j} (KL {kl[j]:.2f})" for j in order])
+    ax.set_title(f"normalised MI I(z; v) / H(v); MIG {result['mig']:.3f}", fontsize=10)
+    fig.colorbar(im, ax=ax)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description="Disentanglement scores (β-VAE, FactorVAE, MIG) of "
+                                            "a trained β-VAE on dSprites.")
+    p.add_argument("ckpt", help="checkpoint written by train.py (or its run folder); results "
+                                "are written next to it")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the sampling plan (and of --sample's noise) (default: 0)")
+    p.add_argument("--quick", action="store_true",
+                   help="β-VAE 1,000/500 train/eval points and FactorVAE 1,000/500 votes "
+                        "instead of 10,000/5,000; MIG and the variance estimate keep 10,000 "
+                        "images (default: off, full protocol)")
+    p.add_argument("--sample", action="store_true",
+                   help="represent each image by a posterior sample instead of the encoder mean "
+                        "(default: off, mean)")
+    p.add_argument("--data", default=None,
+                   help=f"official dSprites npz (default: {dataset.DEFAULT_PATH} if present, "
+                        "else render offline)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                   help="auto picks cuda, then mps, then cpu (default: auto)")
+    p.add_argument("--batch-size", type=int, default=4096,
+                   help="images drawn and encoded per batch (default: 4096)")
+    return p
+
+
+def main(argv=None, **counts):
+    """The command line; counts (plan() keywords) are for tests only and override --quick."""
+    args = build_parser().parse_args(argv)
+    if args.batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
+    if args.seed < 0:
+        raise UserError("--seed must be non-negative")
+    device = pick_device(args.device)
+    path = Path(args.ckpt)
+    out = path if path.is_dir() else path.parent
+    ckpt = load_checkpoint(path)
+    model = model_from_checkpoint(ckpt, device)
+    data = dataset.load(args.data, device=device)
+    tty = sys.stdout.isatty()
+
+    def log(done, total):
+        if tty or done == total:
+            print(f"\rencoded {done:,}/{total:,} distinct images on {device}", end="",
+                  flush=True)
+
+    result = evaluate_model(model, data, args.seed, args.quick, args.sample, args.batch_size,
+                            log, **counts)
+    metrics = {"checkpoint": str(path), "step": ckpt["step"], "data": data.source,
+               "data_path": None if data.source == "rendered" else str(args.data or
+                                                                        dataset.DEFAULT_PATH),
+               "device": str(device), "quick": args.quick, **result}
+    with open(out / "metrics.json", "w") as f:
+        json.dump(metrics, f, indent=1)
+    plot_mi(result, out / "latent_factor_mi.png")
+    print(f" ({result['images_drawn']:,} draws), {result['seconds']:.0f} s\n")
+    print(f"step {ckpt['step']}, seed {args.seed}, {result['representation']} of q(z|x)"
+          f"{', quick' if args.quick else ''}")
+    print(table(result))
+    print(f"wrote {out / 'metrics.json'} and {out / 'latent_factor_mi.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except UserError as e:
+        sys.exit(f"evaluate.py: error: {e}")

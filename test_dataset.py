@@ -1,0 +1,193 @@
+"""Renderer geometry and index order, the official-format loader, and its bad inputs."""
+import hashlib
+import math
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import dataset as D
+
+REFERENCE = Path(__file__).resolve().parent.parent / "shared" / "dsprites_reference" / "frames.npz"
+
+
+def test_factor_grid_and_index_order():
+    assert D.NUM_IMAGES == 737_280 and D.BASES == (245760, 40960, 1024, 32, 1)
+    index = torch.arange(D.NUM_IMAGES)
+    classes = D.index_to_factors(index)
+    assert torch.equal(D.factors_to_index(classes), index)
+    # posY varies fastest, shape slowest, as in the official file
+    assert classes[1].tolist() == [0, 0, 0, 0, 1] and classes[32].tolist() == [0, 0, 0, 1, 0]
+    assert classes[-1].tolist() == [s - 1 for s in D.FACTOR_SIZES]
+    for k, size in enumerate(D.FACTOR_SIZES):
+        assert torch.equal(classes[:, k].unique(), torch.arange(size))
+
+
+def test_sample_factors_is_seeded_and_in_range():
+    a = D.sample_factors(1000, torch.Generator().manual_seed(3))
+    b = D.sample_factors(1000, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and a.dtype == torch.int64 and a.shape == (1000, 5)
+    assert (a >= 0).all() and (a < torch.tensor(D.FACTOR_SIZES)).all()
+
+
+def test_render_shape_dtype_binary_deterministic():
+    classes = D.sample_factors(300, torch.Generator().manual_seed(0))
+    img = D.render(classes)
+    assert img.shape == (300, 64, 64) and img.dtype == torch.uint8
+    assert set(img.unique().tolist()) <= {0, 1}
+    assert (img.flatten(1).sum(1) > 0).all()
+    assert torch.equal(img, D.render(classes))
+    # batching does not change an image
+    assert torch.equal(img[7:8], D.render(classes[7:8]))
+
+
+def test_render_geometry():
+    def c(shape=0, scale=5, orient=0, x=15, y=15):
+        return torch.tensor([[shape, scale, orient, x, y]])
+
+    # A square of scale 1 at theta 0 covers 19.2 x 19.2 px: 19 or 20 pixels a side.
+    square = D.render(c())[0]
+    assert square.sum(0).max() in (19, 20) and square.sum(1).max() in (19, 20)
+    # Area grows with scale, for every shape.
+    for shape in range(3):
+        areas = [D.render(c(shape, s))[0].sum().item() for s in range(6)]
+        assert areas == sorted(areas) and areas[0] < areas[-1] / 2.5
+    # posX moves along columns, posY along rows; centre = 16 + 32 * pos.
+    for x, y in [(0, 0), (31, 0), (7, 24)]:
+        img = D.render(c(1, 3, 0, x, y))[0].double()
+        rows, cols = torch.nonzero(img, as_tuple=True)
+        assert abs(cols.double().mean() + 0.5 - (16 + 32 * x / 31)) < 0.6
+        assert abs(rows.double().mean() + 0.5 - (16 + 32 * y / 31)) < 0.6
+    # Orientation 0 and 39 are both 0 and 2*pi: the same image. A quarter turn of a square
+    # (orientation ~ 9.75) leaves it close to itself; the ellipse's long axis turns to vertical.
+    assert torch.equal(D.render(c(2, 4, 0)), D.render(c(2, 4, 39)))
+    ellipse = D.render(c(1, 5, 0))[0]
+    assert ellipse.sum(0).nonzero().numel() > ellipse.sum(1).nonzero().numel()  # wide
+    turned = D.render(c(1, 5, 10))[0]  # 10/39 of a full turn ~ 92 degrees
+    assert turned.sum(0).nonzero().numel() < turned.sum(1).nonzero().numel()  # tall
+    # The heart has its lobes up and its tip down at theta = 0.
+    heart = D.render(c(2))[0]
+    rows = heart.sum(1).nonzero().flatten()
+    top, bottom = heart[rows[0] + 1], heart[rows[-1]]
+    assert bottom.sum() <= 2 and (top[:32].sum() > 0 and top[32:].sum() > 0)
+
+
+@pytest.mark.skipif(not REFERENCE.exists(), reason="reference frames not present")
+def test_render_matches_real_dsprites_frames():
+    ref = np.load(REFERENCE)
+    classes = torch.from_numpy(ref["latents_classes"][:, 1:])
+    img = D.render(classes).numpy().astype(bool)
+    real = ref["imgs"].astype(bool)
+    iou = (img & real).sum((1, 2)) / (img | real).sum((1, 2))
+    assert iou.mean() >= 0.99 and iou.min() >= 0.97, (iou.mean(), iou.min())
+
+
+def test_rendered_source_serves_images_by_index():
+    data = D.DSprites(None)
+    idx = torch.tensor([0, 12345, D.NUM_IMAGES - 1])
+    assert torch.equal(data.images(idx), D.render(D.index_to_factors(idx)))
+    assert torch.equal(data.images_for(D.index_to_factors(idx)), data.images(idx))
+
+
+# ---------------------------------------------------------------- official format
+
+def write_npz(path, imgs_chunks, shape=(D.NUM_IMAGES, 64, 64), classes=None, keys=None):
+    """Write an npz laid out like the official file, streaming imgs so it stays small."""
+    if classes is None:
+        classes = D.index_to_factors(torch.arange(D.NUM_IMAGES)).numpy()
+        classes = np.concatenate([np.zeros((len(classes), 1), np.int64), classes], 1)
+    keys = keys or ("imgs", "latents_classes", "latents_values", "metadata")
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        if "imgs" in keys:
+            with zf.open("imgs.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array_header_1_0(
+                    f, {"descr": "|u1", "fortran_order": False, "shape": shape})
+                for chunk in imgs_chunks:
+                    f.write(np.ascontiguousarray(chunk, dtype=np.uint8).tobytes())
+        for key, value in [("latents_classes", classes),
+                           ("latents_values", classes.astype(np.float64)),
+                           ("metadata", np.array({"title": "test"}, dtype=object))]:
+            if key in keys:
+                with zf.open(f"{key}.npy", "w") as f:
+                    np.lib.format.write_array(f, value, allow_pickle=True)
+    return path
+
+
+def official_chunks(marked):
+    """All 737,280 images: zeros, except the rendered images at the indices in `marked`."""
+    chunk = 65536
+    for start in range(0, D.NUM_IMAGES, chunk):
+        block = np.zeros((min(chunk, D.NUM_IMAGES - start), 64, 64), np.uint8)
+        idx = marked[(marked >= start) & (marked < start + chunk)]
+        block[idx - start] = D.render(D.index_to_factors(torch.from_numpy(idx))).numpy()
+        yield block
+
+
+def test_official_loader_reads_streamed_file(tmp_path, capsys):
+    marked = np.array([0, 1, 31, 32, 40959, 300000, D.NUM_IMAGES - 1])
+    path = write_npz(tmp_path / "dsprites.npz", official_chunks(marked))
+    data = D.load(path)
+    assert "official dSprites file" in capsys.readouterr().out
+    assert data.source == "official" and data.packed.shape == (D.NUM_IMAGES, 64, 8)
+    idx = torch.from_numpy(marked)
+    assert torch.equal(data.images(idx), D.render(D.index_to_factors(idx)))
+    assert data.images(torch.tensor([5, 400000])).sum() == 0
+
+
+def expect_error(path, *fragments):
+    with pytest.raises(D.UserError) as e:
+        D.load(path)
+    for fragment in fragments:
+        assert fragment in str(e.value), str(e.value)
+
+
+def test_bad_files_give_clear_errors(tmp_path):
+    small = (10, 64, 64)
+    expect_error(tmp_path / "missing.npz", "no dSprites file")
+    (tmp_path / "text.npz").write_text("not a zip")
+    expect_error(tmp_path / "text.npz", "not a readable npz")
+    wrong_keys = write_npz(tmp_path / "keys.npz", [], keys=("latents_classes",))
+    expect_error(wrong_keys, "missing ['imgs', 'latents_values', 'metadata']")
+    wrong_shape = write_npz(tmp_path / "shape.npz", [np.zeros(small)], shape=small)
+    expect_error(wrong_shape, "imgs must be uint8", "(10, 64, 64)")
+
+
+def test_truncated_and_non_binary_files(tmp_path):
+    ok = write_npz(tmp_path / "ok.npz", [], shape=(10, 64, 64))
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(ok.read_bytes()[: ok.stat().st_size // 2])
+    expect_error(cut, "not a readable npz", "truncated")
+    # The header promises all 737,280 images; the data stops after 1,000 / holds a 2.
+    expect_error(write_npz(tmp_path / "short.npz", [np.zeros((1000, 64, 64))]), "truncated")
+    expect_error(write_npz(tmp_path / "twos.npz", [np.full((16384, 64, 64), 2)]), "0/1 values")
+
+
+def test_wrong_latents_classes(tmp_path):
+    # Checked before any image is read, so the files need no images.
+    classes = np.zeros((D.NUM_IMAGES, 6), np.int64)
+    expect_error(write_npz(tmp_path / "order.npz", [], classes=classes), "not in the official order")
+    expect_error(write_npz(tmp_path / "dtype.npz", [], classes=classes.astype(np.int32)),
+                 "latents_classes must be int64")
+
+
+def test_download_checks_md5_and_renames_atomically(tmp_path):
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"dsprites" * 1000)
+    dest = tmp_path / "data" / D.OFFICIAL_NAME
+    with pytest.raises(D.UserError, match="MD5"):
+        D.download(dest, src.as_uri(), md5="0" * 32)
+    assert list(dest.parent.iterdir()) == []  # no partial file left behind
+    D.download(dest, src.as_uri(), md5=hashlib.md5(src.read_bytes()).hexdigest())
+    assert dest.read_bytes() == src.read_bytes()
+    assert list(dest.parent.iterdir()) == [dest]
+    with pytest.raises(D.UserError, match="could not download"):
+        D.download(dest.with_name("x.npz"), (tmp_path / "absent").as_uri())
+
+
+def test_load_defaults_to_renderer_without_a_file(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    data = D.load()
+    assert data.source == "rendered" and "rendering dSprites offline" in capsys.readouterr().out
+    assert math.prod(data.images(torch.tensor([7])).shape) == 64 * 64
