@@ -1,0 +1,166 @@
+"""Training speed of this project against a tutorial-style PyTorch loop, in one run.
+
+    python bench.py                       # CPU, batch 64 and the default batch size
+    python bench.py --device cuda --batch-size 1024
+
+Both loops train the same model with the same loss and Adam step. The project's step draws
+each batch from the data source train.py uses (rendered or bit-packed, already on the device)
+and runs train.train_step; the baseline feeds a DataLoader from a Dataset whose __getitem__
+converts one uint8 image to float, then copies each batch to the device. Timing windows
+alternate between the two so that machine noise hits both alike.
+"""
+import argparse
+import resource
+import statistics
+import sys
+import time
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
+
+import dataset
+from dataset import UserError
+from loss import beta_vae_loss
+from model import BetaVAE
+from train import build, build_parser, epoch_order, pick_device, train_step
+
+
+class TutorialDataset(Dataset):
+    """The common tutorial pattern: one image per __getitem__, converted to float there."""
+
+    def __init__(self, imgs):
+        self.imgs = imgs  # N, 64, 64 uint8
+
+    def __len__(self):
+        return len(self.imgs)
+
+    def __getitem__(self, i):
+        return self.imgs[i].unsqueeze(0).float()  # 1, 64, 64
+
+
+def baseline_loop(imgs, batch_size, device, lr):
+    """A plain loop: DataLoader with shuffling, .to(device) per batch, default memory format."""
+    model = BetaVAE().to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    loader = DataLoader(TutorialDataset(imgs), batch_size=batch_size, shuffle=True,
+                        drop_last=True)
+    while True:
+        for x in loader:
+            x = x.to(device)
+            logits, mu, logvar = model(x)
+            loss = beta_vae_loss(logits, x, mu, logvar)["loss"]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            yield loss
+
+
+def project_loop(data, batch_size, device, args):
+    """This project's training step, fed exactly as train.py feeds it."""
+    model, opt = build(args.latent_dim, args.lr, device)
+    for epoch in range(sys.maxsize):
+        order = epoch_order(0, epoch, len(data))
+        for pos in range(len(data) // batch_size):
+            batch = order[pos * batch_size:(pos + 1) * batch_size]
+            yield train_step(model, opt, data.images(batch), args, 0.0)["loss"]
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_window(loop, seconds, batch_size, device):
+    """Images per second over one window of about `seconds`; one sync at each end."""
+    sync(device)
+    start, steps = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        next(loop)
+        steps += 1
+    sync(device)
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+def flops_per_image(device, batch_size=8):
+    """Model FLOPs of one training image (forward + backward), counted by torch."""
+    model = BetaVAE().to(device)
+    x = torch.rand(batch_size, 1, 64, 64, device=device)
+    with FlopCounterMode(display=False) as counter:
+        logits, mu, logvar = model(x)
+        beta_vae_loss(logits, x, mu, logvar)["loss"].backward()
+    return counter.get_total_flops() / batch_size
+
+
+def matmul_gflops(device):
+    """The compute bound: fp32 (CPU) or bf16 (GPU) square matmul throughput, best of 5."""
+    n, dtype = (4096, torch.float32) if device.type == "cpu" else (8192, torch.bfloat16)
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    best = 0.0
+    for _ in range(6):
+        sync(device)
+        start = time.perf_counter()
+        a @ b
+        sync(device)
+        best = max(best, 2 * n ** 3 / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def bench(batch_size, device, seconds, windows, data, args):
+    project = project_loop(data, batch_size, device, args)
+    # The baseline's uint8 images, held in memory as the tutorials do (a 16,384-image subset).
+    pool = torch.cat([data.images(i).cpu() for i in torch.randperm(len(data))[:16384].split(4096)])
+    baseline = baseline_loop(pool, batch_size, device, args.lr)
+    for loop in (project, baseline):  # warm-up: kernels chosen, caches filled
+        time_window(loop, min(seconds, 3.0), batch_size, device)
+    rates = {"project": [], "baseline": []}
+    for _ in range(windows):
+        rates["project"].append(time_window(project, seconds, batch_size, device))
+        rates["baseline"].append(time_window(baseline, seconds, batch_size, device))
+    return rates
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Training images/second: project vs tutorial loop.")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="device to benchmark (default: cpu)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="batch size (default: 64 and train.py's default)")
+    p.add_argument("--seconds", type=float, default=4.0,
+                   help="length of one timing window (default: 4)")
+    p.add_argument("--windows", type=int, default=5,
+                   help="timing windows per loop, alternating (default: 5)")
+    args = p.parse_args(argv)
+    device = pick_device(args.device)
+    train_args = build_parser().parse_args([])
+    sizes = [args.batch_size] if args.batch_size else sorted({64, train_args.batch_size})
+    data = dataset.load(train_args.data, device=device)
+    flops = flops_per_image(device)
+    bound = matmul_gflops(device)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else (
+        f"CPU, {torch.get_num_threads()} threads")
+    print(f"device: {name}; torch {torch.__version__}")
+    print(f"model: {flops / 1e6:.1f} MFLOP per training image; compute bound: "
+          f"{bound:,.0f} GFLOP/s ({'fp32' if device.type == 'cpu' else 'bf16'} matmul) "
+          f"= {bound * 1e9 / flops:,.0f} images/s")
+    print(f"{'batch':>6} {'loop':>9} {'median img/s':>13} {'min':>8} {'max':>8} "
+          f"{'GFLOP/s':>8} {'of bound':>9}")
+    for batch_size in sizes:
+        rates = bench(batch_size, device, args.seconds, args.windows, data, train_args)
+        med = {k: statistics.median(v) for k, v in rates.items()}
+        for k, v in rates.items():
+            gflops = med[k] * flops / 1e9
+            print(f"{batch_size:>6} {k:>9} {med[k]:>13,.0f} {min(v):>8,.0f} {max(v):>8,.0f} "
+                  f"{gflops:>8.1f} {gflops / bound:>9.0%}")
+        print(f"{batch_size:>6} {'ratio':>9} {med['project'] / med['baseline']:>12.2f}x")
+    if device.type == "cuda":
+        print(f"peak GPU memory allocated: {torch.cuda.max_memory_allocated() / 2**20:,.0f} MiB")
+    else:
+        print(f"peak resident memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except UserError as e:
+        sys.exit(f"bench.py: error: {e}")

@@ -1,0 +1,171 @@
+"""Tests of evaluate.py: disentanglement_lib's sanity checks on representations built from the
+ground-truth factors (no model), then the command line on a two-step checkpoint.
+
+    python -m pytest -q test_evaluate.py
+"""
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import dataset
+import evaluate
+import train
+from model import BetaVAE
+from dataset import FACTOR_NAMES, FACTOR_SIZES, NUM_IMAGES, UserError
+
+# A tenth of the classifier samples, as --quick; MIG and the variance estimate keep 10,000.
+SMALL = dict(n_beta_train=1000, n_beta_eval=500, n_fvae_train=1000, n_fvae_eval=500)
+# Just enough to run every step with a model: a few thousand images to encode.
+TINY = dict(n_beta_train=40, n_beta_eval=20, n_fvae_train=40, n_fvae_eval=20, n_variance=400,
+            n_mig=400, batch=16)
+
+
+def scores(codes, seed=0):
+    return evaluate.score(codes, evaluate.plan(np.random.default_rng(seed), **SMALL))
+
+
+@pytest.fixture(scope="module")
+def factors():
+    """(NUM_IMAGES, 5) factor classes of every image."""
+    return dataset.index_to_factors(torch.arange(NUM_IMAGES)).numpy()
+
+
+@pytest.fixture(scope="module")
+def identity(factors):
+    """Latents = the factors, scaled to [0, 1)."""
+    return (factors / np.array(FACTOR_SIZES)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def mixed(identity):
+    """A middling representation: noisy factors, posX and posY entangled, one noise latent."""
+    noise = np.random.default_rng(1).standard_normal((NUM_IMAGES, 6)).astype(np.float32)
+    x, y = identity[:, 3], identity[:, 4]
+    return np.column_stack([identity[:, :3] + 0.05 * noise[:, :3], x + y, x - y, noise[:, 5]])
+
+
+def test_plan_holds_the_chosen_factor_fixed():
+    p = evaluate.plan(np.random.default_rng(0), 50, 10, 50, 10, 100, 100, batch=64)
+    k, pairs = p["beta_train"]
+    f = dataset.index_to_factors(torch.from_numpy(pairs)).numpy()  # n, 2, 64, 5
+    same = f[:, 0] == f[:, 1]
+    assert same[np.arange(50), :, k].all() and not same.all()
+    k, batches = p["fvae_train"]
+    f = dataset.index_to_factors(torch.from_numpy(batches)).numpy()  # n, 64, 5
+    assert (f[np.arange(50), :, k] == f[np.arange(50), :1, k]).all()
+    assert set(k.tolist()) == set(range(len(FACTOR_NAMES)))
+    assert p["mig"].shape == (100,) and 0 <= p["mig"].min() and p["mig"].max() < NUM_IMAGES
+
+
+def test_ground_truth_scores_high(identity):
+    r = scores(identity)
+    assert r["mig"] >= 0.85  # 20 bins cap orientation and position near 0.8
+    assert r["factor_vae"]["eval_accuracy"] >= 0.95
+    assert r["beta_vae"]["eval_accuracy"] >= 0.9
+    mi = np.array(r["mi"])
+    assert mi.shape == (5, 5) and (mi.argmax(axis=1) == np.arange(5)).all()
+
+
+@pytest.mark.parametrize("kind", ["zeros", "noise"])
+def test_uninformative_latents_score_low(kind):
+    shape = (NUM_IMAGES, 10)
+    codes = (np.zeros(shape, np.float32) if kind == "zeros" else
+             np.random.default_rng(2).standard_normal(shape).astype(np.float32))
+    r = scores(codes)
+    assert r["mig"] <= 0.05
+    assert r["factor_vae"]["eval_accuracy"] <= 0.35  # chance: 0.2
+    assert r["beta_vae"]["eval_accuracy"] <= 0.35
+    if kind == "zeros":  # every latent pruned: 0, as disentanglement_lib
+        assert r["factor_vae"] == {"train_accuracy": 0.0, "eval_accuracy": 0.0,
+                                   "num_active_dims": 0}
+
+
+def test_duplicated_factor_lowers_mig(identity):
+    base = scores(identity)
+    dup = scores(np.column_stack([identity, identity[:, 3]]))  # posX twice
+    assert dup["mig_per_factor"]["posX"] < 0.01
+    assert dup["mig"] < base["mig"] - 0.1
+
+
+def test_permuting_latents_leaves_scores_unchanged(mixed):
+    perm = np.random.default_rng(3).permutation(mixed.shape[1])
+    a, b = scores(mixed), scores(mixed[:, perm])
+    assert 0.3 < a["mig"] < 0.8  # a representation where the test means something
+    for key in ("beta_vae", "factor_vae", "mig_per_factor", "entropy"):
+        assert b[key] == pytest.approx(a[key], abs=1e-9), key
+    assert np.allclose(np.array(b["mi"]), np.array(a["mi"])[perm])
+
+
+def test_same_seed_same_numbers(mixed):
+    assert scores(mixed, seed=5) == scores(mixed, seed=5)
+    assert scores(mixed, seed=5)["mi"] != scores(mixed, seed=6)["mi"]
+
+
+def test_evaluate_model_is_reproducible_and_restores_mode():
+    torch.manual_seed(0)
+    model = BetaVAE(latent_dim=4).train()
+    data = dataset.DSprites(None)
+    state = torch.get_rng_state()
+    a = evaluate.evaluate_model(model, data, seed=1, sample=True, **TINY)
+    assert model.training and torch.equal(state, torch.get_rng_state())
+    b = evaluate.evaluate_model(model, data, seed=1, sample=True, **TINY)
+    for r in (a, b):
+        r.pop("seconds")
+    assert a == b
+    assert np.array(a["mi"]).shape == (4, 5) and len(a["kl_per_dim"]) == 4
+    assert a["representation"] == "sample" and a["counts"]["n_mig"] == 400
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A two-step run of train.py (rendered data), its signal handlers put back afterwards."""
+    out = tmp_path_factory.mktemp("run")
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        assert train.main(["--max-steps", "2", "--epochs", "1", "--out", str(out),
+                           "--log-every", "1", "--batch-size", "8"]) == 0
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    return out / "ckpt.pt"
+
+
+def test_cli_writes_metrics_and_figure(checkpoint, capsys):
+    assert evaluate.main([str(checkpoint), "--quick", "--device", "cpu", "--seed", "3"],
+                         **TINY) == 0
+    printed = capsys.readouterr().out
+    assert "β-VAE score" in printed and "MIG" in printed
+    metrics = json.loads((checkpoint.parent / "metrics.json").read_text())
+    for key in ("beta_vae", "factor_vae", "mig", "mig_no_shape", "mi", "kl_per_dim", "seed",
+                "counts", "step", "representation", "data", "seconds", "images_encoded"):
+        assert key in metrics, key
+    assert metrics["step"] == 2 and metrics["seed"] == 3 and metrics["quick"]
+    assert metrics["data"] in ("rendered", str(dataset.DEFAULT_PATH))
+    assert metrics["counts"] == {**evaluate.PROTOCOL, **TINY}
+    assert np.array(metrics["mi"]).shape == (10, 5)
+    for value in (metrics["mig"], metrics["beta_vae"]["eval_accuracy"],
+                  metrics["factor_vae"]["eval_accuracy"]):
+        assert 0 <= value <= 1
+    assert (checkpoint.parent / "latent_factor_mi.png").stat().st_size > 1000
+
+
+def test_user_errors(tmp_path):
+    broken = tmp_path / "ckpt.pt"
+    broken.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="not a readable checkpoint"):
+        evaluate.main([str(broken)])
+    with pytest.raises(UserError, match="--batch-size"):
+        evaluate.main([str(broken), "--batch-size", "0"])
+    with pytest.raises(SystemExit):  # argparse: usage and one error line, status 2
+        evaluate.main([str(broken), "--device", "tpu"])
+    missing = tmp_path / "nowhere" / "ckpt.pt"
+    run = subprocess.run([sys.executable, "evaluate.py", str(missing)], capture_output=True,
+                         text=True, cwd=Path(__file__).parent)
+    assert run.returncode == 1
+    assert run.stderr == f"evaluate.py: error: no checkpoint at {missing}\n"
