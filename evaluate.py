@@ -178,6 +178,41 @@ def encode(model, data, index, batch_size=4096, log=None):
     return z[:, :z.shape[1] // 2], z[:, z.shape[1] // 2:]
 
 
+def encode_eval(model, data, drawn, batch_size=4096, log=None):
+    """Encode each distinct index of `drawn` once, in eval mode (the mode is restored after):
+    returns (distinct indices, mu, logvar)."""
+    index = np.unique(drawn)
+    was_training = model.training
+    try:
+        mu, logvar = encode(model.eval(), data, index, batch_size, log)
+    finally:
+        model.train(was_training)
+    if not (np.isfinite(mu).all() and np.isfinite(logvar).all()):
+        raise UserError("the encoder returned non-finite values; the model is broken")
+    return index, mu, logvar
+
+
+def lookup(index, codes):
+    """The table scores read from: row i holds the code of image i (NaN: never drawn)."""
+    table = np.full((NUM_IMAGES, codes.shape[1]), np.nan, dtype=np.float32)
+    table[index] = codes
+    return table
+
+
+def mean_kl(index, mu, logvar, images):
+    """Each latent's KL, averaged over `images` (official indices, repeats counted)."""
+    at = np.searchsorted(index, images)
+    return kl_per_dim(torch.from_numpy(mu[at]), torch.from_numpy(logvar[at])).tolist()
+
+
+def latent_factor_mi(model, data, seed=0, n=PROTOCOL["n_mig"], batch_size=4096):
+    """What traverse.py needs to name latents, without the classifier scores: the normalised
+    MI (latents x factors) and each latent's KL, on MIG's n random images."""
+    images = _random_factors(np.random.default_rng(seed), n) @ BASES
+    index, mu, logvar = encode_eval(model, data, images, batch_size)
+    return mig(lookup(index, mu), images)["mi"], mean_kl(index, mu, logvar, images)
+
+
 def evaluate_model(model, data, seed=0, quick=False, sample=False, batch_size=4096,
                    log=None, **counts):
     """Scores of `model` on `data` (a dataset.DSprites), reproducible for a given seed.
@@ -193,20 +228,10 @@ def evaluate_model(model, data, seed=0, quick=False, sample=False, batch_size=40
     rng = np.random.default_rng(seed)
     p = plan(rng, **counts)
     drawn = plan_indices(p)
-    index = np.unique(drawn)
-    was_training = model.training
-    try:
-        mu, logvar = encode(model.eval(), data, index, batch_size, log)
-    finally:
-        model.train(was_training)
-    if not (np.isfinite(mu).all() and np.isfinite(logvar).all()):
-        raise UserError("the encoder returned non-finite values; the model is broken")
+    index, mu, logvar = encode_eval(model, data, drawn, batch_size, log)
     codes = mu + np.exp(0.5 * logvar) * rng.standard_normal(mu.shape, np.float32) if sample else mu
-    lookup = np.full((NUM_IMAGES, mu.shape[1]), np.nan, dtype=np.float32)  # NaN: never drawn
-    lookup[index] = codes
-    at = np.searchsorted(index, p["mig"])
-    kl = kl_per_dim(torch.from_numpy(mu[at]), torch.from_numpy(logvar[at]))
-    return {**score(lookup, p), "kl_per_dim": kl.tolist(), "factors": list(FACTOR_NAMES),
+    kl = mean_kl(index, mu, logvar, p["mig"])
+    return {**score(lookup(index, codes), p), "kl_per_dim": kl, "factors": list(FACTOR_NAMES),
             "seed": seed, "representation": "sample" if sample else "mean", "counts": counts,
             "images_drawn": len(drawn), "images_encoded": len(index),
             "seconds": round(time.perf_counter() - t0, 2)}

@@ -1,5 +1,6 @@
 """End to end on rendered data: train, checkpoint, resume, traverse, and the user's mistakes."""
 import csv
+import json
 import signal
 import subprocess
 import sys
@@ -70,6 +71,24 @@ def test_traverse_writes_gifs_grid_and_reconstructions(run40, tmp_path):
     assert iio.immeta(gifs[0])["loop"] == 0
     for png in ("traversal_grid.png", "reconstructions.png"):
         assert iio.imread(out / png).shape[0] > 100
+    table = (out / "traversals.md").read_text().splitlines()
+    assert len(table) == 2 + 4 and table[0].count("|") == 12
+    assert f'<img src="{out.as_posix()}/4/traversal_latent_dim_9.gif"' in table[-1]
+
+
+def test_traverse_names_latents_from_metrics(run40, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "ckpt.pt").write_bytes((run40 / "ckpt.pt").read_bytes())
+    mi = [[0.0] * 5 for _ in range(10)]
+    mi[0][3], mi[1][1] = 0.8, 0.5  # z0 ~ posX, z1 ~ scale
+    kl = [2.5, 1.25] + [0.01] * 8
+    (run / "metrics.json").write_text(json.dumps({"step": 40, "mi": mi, "kl_per_dim": kl}))
+    traverse.main([str(run / "ckpt.pt"), "--out", str(tmp_path / "gif"), "--frames", "3"])
+    header = (tmp_path / "gif" / "traversals.md").read_text().splitlines()[0]
+    assert header.startswith("| sample | z0: posX (KL 2.50) | z1: scale (KL 1.25) | z2: inactive")
+    assert "latents by KL: z0: posX (KL 2.50), z1: scale (KL 1.25), z2: inactive" in (
+        capsys.readouterr().out)
 
 
 def test_user_mistakes_raise_clear_errors(run40, tmp_path):
@@ -136,3 +155,21 @@ def test_sigterm_saves_a_checkpoint_to_resume_from(tmp_path):
     assert "SIGTERM: stopped at step" in stdout
     step = train.load_checkpoint(out)["step"]
     assert step >= 4 and int(rows(out)[-1]["step"]) == step
+
+
+def test_eval_every_logs_scores(tmp_path, monkeypatch, capsys):
+    import evaluate
+
+    tiny = dict(n_beta_train=40, n_beta_eval=20, n_fvae_train=40, n_fvae_eval=20,
+                n_variance=300, n_mig=300)
+    for key, value in tiny.items():  # the quick protocol, shrunk for a test
+        monkeypatch.setitem(evaluate.PROTOCOL, key, value)
+    for key in evaluate.QUICK:
+        monkeypatch.setitem(evaluate.QUICK, key, tiny[key])
+    out = tmp_path / "eval"
+    train.main(["--max-steps", "6", "--eval-every", "1", "--out", str(out)] + FAST)
+    with open(out / "scores.csv", newline="") as f:
+        scores = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in scores] == [6]
+    assert 0 <= float(scores[0]["mig"]) <= 1 and 0 <= float(scores[0]["beta_vae"]) <= 1
+    assert "scores (quick protocol): beta_vae" in capsys.readouterr().out

@@ -4,6 +4,7 @@
     python train.py --beta 4 --epochs 1 --max-steps 200   # a quick run: stops after 200 steps
     python train.py --objective B --gamma 1000 --c-max 25 # Burgess et al.'s capacity objective
     python train.py --resume runs/beta4_H_z10_seed0       # continue where a run stopped
+    python train.py --beta 4 --epochs 30 --eval-every 5   # disentanglement scores every 5 epochs
 
 Writes into the run folder: ckpt.pt (everything needed to rebuild the model or resume),
 losses.csv (one row per --log-every steps) and loss_curve.png (redrawn at each epoch end).
@@ -26,8 +27,8 @@ from model import BetaVAE
 
 # Flags that may change when resuming (a lower --lr rescues a diverged run); every other
 # flag is fixed by the stored run.
-RESUMABLE = {"resume", "epochs", "max_steps", "lr", "device", "ckpt_every", "log_every", "data",
-             "download"}
+RESUMABLE = {"resume", "epochs", "max_steps", "lr", "device", "ckpt_every", "log_every",
+             "eval_every", "data", "download"}
 
 
 def build_parser():
@@ -62,6 +63,9 @@ def build_parser():
                    help="continue a stopped run from its folder or ckpt.pt (default: new run)")
     p.add_argument("--ckpt-every", type=int, default=1000,
                    help="write ckpt.pt every N steps, besides each epoch end (default: 1000)")
+    p.add_argument("--eval-every", type=int, default=0, metavar="EPOCHS",
+                   help="score disentanglement (evaluate.py --quick) every N epochs and at the "
+                        "end, into scores.csv; 0 turns it off (default: 0)")
     p.add_argument("--log-every", type=int, default=50,
                    help="log a losses.csv row and the progress line every N steps (default: 50)")
     return p
@@ -293,6 +297,8 @@ def train(args, ckpt=None):
                 plot_losses(out / "losses.csv", out / "loss_curve.png")
                 print(f"\nepoch {epoch + 1}/{args.epochs} done at step {step}: "
                       f"wrote {out / 'ckpt.pt'} and {out / 'loss_curve.png'}")
+                if args.eval_every and ((epoch + 1) % args.eval_every == 0 or step == total):
+                    log_scores(out / "scores.csv", step, model, data, args.seed)
             if stop.signum:
                 name = signal.Signals(stop.signum).name
                 print(f"\n{name}: stopped at step {step}; checkpoint saved. Continue with: "
@@ -307,6 +313,25 @@ def diverged(out, what):
     ckpt = out / "ckpt.pt"
     kept = f"{ckpt} keeps the last good state" if ckpt.exists() else "no checkpoint was written"
     return UserError(f"{what}; stopped. {kept} (try a lower --lr)")
+
+
+def log_scores(path, step, model, data, seed):
+    """evaluate.py's quick protocol on the current model, appended to scores.csv."""
+    import evaluate  # here, not at the top: evaluate.py imports this module
+
+    r = evaluate.evaluate_model(model, data, seed=seed, quick=True)
+    row = {"step": step, "beta_vae": r["beta_vae"]["eval_accuracy"],
+           "factor_vae": r["factor_vae"]["eval_accuracy"], "mig": r["mig"],
+           "mig_no_shape": r["mig_no_shape"], "seconds": r["seconds"]}
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+    print("scores (quick protocol): " + ", ".join(
+        f"{k} {v:.3f}" for k, v in row.items() if k not in ("step", "seconds")) +
+          f" ({row['seconds']:.0f} s) -> {path}")
 
 
 def log_row(path, step, epoch, means, c):
@@ -340,6 +365,8 @@ def main(argv=None):
     for flag in ("epochs", "batch_size", "latent_dim", "log_every", "ckpt_every", "c_steps"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
+    if args.eval_every < 0:
+        raise UserError("--eval-every must be 0 (off) or a number of epochs")
     if not (args.lr > 0 and math.isfinite(args.lr)):
         raise UserError("--lr must be a positive number")
     return train(args, ckpt)

@@ -5,10 +5,14 @@
 For each sample image (rows 1-4: one per shape plus one more) and each latent k, writes
 gif/<row>/traversal_latent_dim_<k>.gif: z_k swept from -limit to +limit and back, the other
 latents held at the sample's posterior mean. A bar under each frame marks the current z_k.
-Also gif/traversal_grid.png (rows = latents, columns = z values, for sample 1) and
-gif/reconstructions.png (inputs above reconstructions).
+Also gif/traversal_grid.png (rows = latents sorted by KL, columns = z values, for sample 1),
+gif/reconstructions.png (inputs above reconstructions) and gif/traversals.md, the README's
+results table. Each latent is named by the factor it shares most information with (the
+normalised MI of evaluate.py, read from the run's metrics.json or computed here) and its KL;
+latents with KL below 0.1 nats are marked inactive.
 """
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -16,7 +20,8 @@ import numpy as np
 import torch
 
 import dataset
-from dataset import UserError
+import evaluate
+from dataset import FACTOR_NAMES, UserError
 from train import load_checkpoint, model_from_checkpoint
 
 # Four fixed samples as factor classes (shape, scale, orientation, posX, posY): a square, an
@@ -25,6 +30,7 @@ SAMPLES = ((0, 3, 0, 10, 20), (1, 4, 5, 20, 12), (2, 5, 0, 16, 16), (2, 1, 12, 2
 UPSCALE = 2  # 64 px frames are small on a page; nearest-neighbour keeps them crisp
 BAR = 6  # height in pixels of the z-position bar under each frame
 FRAME_MS = 80
+INACTIVE_KL = 0.1  # nats: a latent below this carries almost no information about the image
 
 
 def parse_indices(text):
@@ -74,16 +80,47 @@ def write_gifs(model, xs, out, limit, n_frames):
     return paths
 
 
-def write_grid(model, x, path, limit, n_frames, labels):
+def latent_info(ckpt_path, step, model, data):
+    """Normalised MI (latents x factors) and KL per latent: from the run's metrics.json when it
+    belongs to this checkpoint's step, else computed on MIG's 10,000 images."""
+    path = Path(ckpt_path)
+    metrics = (path if path.is_dir() else path.parent) / "metrics.json"
+    if metrics.exists():
+        with open(metrics) as f:
+            m = json.load(f)
+        if m.get("step") == step:
+            return m["mi"], m["kl_per_dim"]
+    return evaluate.latent_factor_mi(model, data)
+
+
+def latent_labels(mi, kl):
+    """'z3: posX (KL 2.10)' for each latent, or 'z7: inactive' below INACTIVE_KL."""
+    return [f"z{k}: inactive" if kl[k] < INACTIVE_KL else
+            f"z{k}: {FACTOR_NAMES[int(np.argmax(mi[k]))]} (KL {kl[k]:.2f})"
+            for k in range(len(kl))]
+
+
+def markdown_table(labels, n_rows, out, width=96):
+    """The README's results table: one row per sample, one column per latent."""
+    head = "| sample | " + " | ".join(labels) + " |"
+    lines = [head, "|" + "---|" * (len(labels) + 1)]
+    for row in range(1, n_rows + 1):
+        cells = [f'<img src="{out.as_posix()}/{row}/traversal_latent_dim_{k}.gif" width="{width}">'
+                 for k in range(len(labels))]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_grid(model, x, path, limit, n_frames, labels, order):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     values = torch.linspace(-limit, limit, n_frames)
-    rows = [traverse(model, x[None], k, values).numpy() for k in range(model.latent_dim)]
+    rows = [traverse(model, x[None], k, values).numpy() for k in order]
     fig, axes = plt.subplots(len(rows), n_frames, figsize=(n_frames * 0.8, len(rows) * 0.8),
                              squeeze=False)
-    for k, (imgs, label) in enumerate(zip(rows, labels)):
+    for k, (imgs, label) in enumerate(zip(rows, [labels[k] for k in order])):
         for j, img in enumerate(imgs):
             ax = axes[k, j]
             ax.imshow(img, cmap="gray", vmin=0, vmax=1)
@@ -92,7 +129,7 @@ def write_grid(model, x, path, limit, n_frames, labels):
                 ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
             if k == len(rows) - 1:
                 ax.set_xlabel(f"{values[j].item():.1f}", fontsize=7)
-    fig.suptitle("latent traversals (rows: latents, columns: z value)", fontsize=9)
+    fig.suptitle("latent traversals (rows: latents by KL, columns: z value)", fontsize=9)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 
@@ -135,16 +172,22 @@ def main(argv=None):
     if not args.limit > 0:
         raise UserError("--limit must be positive")
 
-    model = model_from_checkpoint(load_checkpoint(args.ckpt))
+    ckpt = load_checkpoint(args.ckpt)
+    model = model_from_checkpoint(ckpt)
     data = dataset.load(args.data)
     xs = data.images(torch.tensor(args.samples)).unsqueeze(1).float()  # S, 1, 64, 64
     out = Path(args.out)
     paths = write_gifs(model, xs, out, args.limit, args.frames)
-    labels = [f"z{k}" for k in range(model.latent_dim)]
-    write_grid(model, xs[0], out / "traversal_grid.png", args.limit, args.frames, labels)
+    mi, kl = latent_info(args.ckpt, ckpt["step"], model, data)
+    labels = latent_labels(mi, kl)
+    order = np.argsort(-np.array(kl), kind="stable")
+    write_grid(model, xs[0], out / "traversal_grid.png", args.limit, args.frames, labels, order)
     write_reconstructions(model, xs, out / "reconstructions.png")
-    print(f"wrote {len(paths)} GIFs to {out}/<row>/, {out / 'traversal_grid.png'} and "
-          f"{out / 'reconstructions.png'}")
+    table = markdown_table(labels, len(xs), out)
+    (out / "traversals.md").write_text(table)
+    print("latents by KL: " + ", ".join(labels[k] for k in order))
+    print(f"wrote {len(paths)} GIFs to {out}/<row>/, {out / 'traversal_grid.png'}, "
+          f"{out / 'reconstructions.png'} and {out / 'traversals.md'}")
 
 
 if __name__ == "__main__":
