@@ -118,11 +118,13 @@ def render(classes):
 
     Vectorised over the batch and deterministic; runs on the device of `classes`. Each sprite
     is tested only inside the 32x32 window around its centre, and only against its own shape.
-    Float64 keeps pixel centres that sit on an edge on the same side as the official images.
+    Float64 keeps pixel centres that sit on an edge on the same side every time (float32 gives
+    the same images on the reference frames, and is used on MPS, which lacks float64).
     """
     if classes.ndim != 2 or classes.shape[1] != len(FACTOR_NAMES):
         raise ValueError(f"classes must be (N, {len(FACTOR_NAMES)}), got {tuple(classes.shape)}")
-    n, dev, dtype = len(classes), classes.device, torch.float64
+    n, dev = len(classes), classes.device
+    dtype = torch.float32 if dev.type == "mps" else torch.float64  # MPS has no float64
     shape, scale, orient, pos_x, pos_y = classes.T
     scale = 0.5 + 0.1 * scale.to(dtype)  # linspace(0.5, 1, 6)
     theta = 2 * math.pi / 39 * orient.to(dtype)  # linspace(0, 2pi, 40)
@@ -269,10 +271,16 @@ def load(data=None, download_missing=False, device="cpu"):
     return DSprites(packed.to(device), device)
 
 
+def add_data_argument(parser):
+    """The --data flag, the same in every script."""
+    parser.add_argument("--data", default=None,
+                        help=f"official dSprites npz (default: {DEFAULT_PATH} if present, "
+                             "else render offline)")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=None,
-                        help=f"official npz (default: {DEFAULT_PATH} if present, else render)")
+    add_data_argument(parser)
     parser.add_argument("--download", action="store_true",
                         help="download the official file into data/ first (default: off)")
     args = parser.parse_args()

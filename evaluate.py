@@ -291,9 +291,7 @@ def build_parser():
     p.add_argument("--sample", action="store_true",
                    help="represent each image by a posterior sample instead of the encoder mean "
                         "(default: off, mean)")
-    p.add_argument("--data", default=None,
-                   help=f"official dSprites npz (default: {dataset.DEFAULT_PATH} if present, "
-                        "else render offline)")
+    dataset.add_data_argument(p)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                    help="auto picks cuda, then mps, then cpu (default: auto)")
     p.add_argument("--batch-size", type=int, default=4096,

@@ -51,9 +51,7 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0, help="seed for weights, order and noise (default: 0)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                    help="auto picks cuda, then mps, then cpu (default: auto)")
-    p.add_argument("--data", default=None,
-                   help=f"official dSprites npz (default: {dataset.DEFAULT_PATH} if present, "
-                        "else render offline)")
+    dataset.add_data_argument(p)
     p.add_argument("--download", action="store_true",
                    help="download the official file into data/ first (default: off)")
     p.add_argument("--out", default=None,

@@ -163,9 +163,7 @@ def main(argv=None):
     p.add_argument("--samples", type=parse_indices, default=parse_indices(default_samples),
                    help="comma-separated dSprites indices, one GIF row each "
                         f"(default: {default_samples}: a square, an ellipse and two hearts)")
-    p.add_argument("--data", default=None,
-                   help=f"official dSprites npz (default: {dataset.DEFAULT_PATH} if present, "
-                        "else render offline)")
+    dataset.add_data_argument(p)
     args = p.parse_args(argv)
     if args.frames < 2:
         raise UserError("--frames must be at least 2")
