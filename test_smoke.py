@@ -100,6 +100,9 @@ def test_user_mistakes_raise_clear_errors(run40, tmp_path):
         train.main(["--resume", str(tmp_path / "nothing")])
     with pytest.raises(UserError, match="--batch-size must be at least 1"):
         train.main(["--batch-size", "0", "--out", str(tmp_path / "b")])
+    with pytest.raises(UserError, match="--max-steps must be at least 1"):
+        train.main(["--max-steps", "0", "--out", str(tmp_path / "m")])
+    assert not (tmp_path / "m").exists()
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="CUDA is not available"):
             train.main(["--device", "cuda", "--out", str(tmp_path / "c")])

@@ -363,6 +363,8 @@ def main(argv=None):
     for flag in ("epochs", "batch_size", "latent_dim", "log_every", "ckpt_every", "c_steps"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
+    if args.max_steps is not None and args.max_steps < 1:
+        raise UserError("--max-steps must be at least 1")
     if args.eval_every < 0:
         raise UserError("--eval-every must be 0 (off) or a number of epochs")
     if not (args.lr > 0 and math.isfinite(args.lr)):
