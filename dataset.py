@@ -211,22 +211,24 @@ def load_official(path):
             keys = {Path(n).stem for n in zf.namelist()}
             missing = {"imgs", "latents_classes", "latents_values", "metadata"} - keys
             if missing:
-                raise UserError(f"{path} is not the dSprites file: missing {sorted(missing)}")
+                raise UserError(f"not the dSprites file: missing {sorted(missing)}")
             # Key names only: metadata is a Python-2 pickle, and nothing here needs to run it.
-            _check_classes(np.load(zf.open("latents_classes.npy")), path)
+            _check_classes(np.load(zf.open("latents_classes.npy")))
             return _read_packed_images(zf)
+    except UserError as e:  # every check below names the file once, here
+        raise UserError(f"{path}: {e}") from None
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
         raise UserError(f"{path} is not a readable npz ({e}); it may be truncated") from e
 
 
-def _check_classes(classes, path):
+def _check_classes(classes):
     """The file's factor classes must be the official grid in the official order."""
     if classes.shape != (NUM_IMAGES, 6) or classes.dtype != np.int64:
         raise UserError(f"latents_classes must be int64 ({NUM_IMAGES}, 6), "
                         f"got {classes.dtype} {classes.shape}")
     expected = index_to_factors(torch.arange(NUM_IMAGES)).numpy()
     if not np.array_equal(classes[:, 1:], expected):
-        raise UserError(f"{path}: latents_classes are not in the official order")
+        raise UserError("latents_classes are not in the official order")
 
 
 def download(dest=DEFAULT_PATH, url=OFFICIAL_URL, md5=OFFICIAL_MD5):
