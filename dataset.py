@@ -215,7 +215,7 @@ def load_official(path):
             # Key names only: metadata is a Python-2 pickle, and nothing here needs to run it.
             _check_classes(np.load(zf.open("latents_classes.npy")))
             return _read_packed_images(zf)
-    except UserError as e:  # every check below names the file once, here
+    except UserError as e:  # the checks above leave the path out; it is added once, here
         raise UserError(f"{path}: {e}") from None
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
         raise UserError(f"{path} is not a readable npz ({e}); it may be truncated") from e

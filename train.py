@@ -360,11 +360,11 @@ def main(argv=None):
         if (Path(args.out) / "ckpt.pt").exists():
             raise UserError(f"{args.out} already holds a run; continue it with --resume "
                             f"{args.out}, or choose another --out")
-    for flag in ("epochs", "batch_size", "latent_dim", "log_every", "ckpt_every", "c_steps"):
-        if getattr(args, flag) < 1:
+    for flag in ("epochs", "batch_size", "latent_dim", "log_every", "ckpt_every", "c_steps",
+                 "max_steps"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:  # None: --max-steps not given
             raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
-    if args.max_steps is not None and args.max_steps < 1:
-        raise UserError("--max-steps must be at least 1")
     if args.eval_every < 0:
         raise UserError("--eval-every must be 0 (off) or a number of epochs")
     if not (args.lr > 0 and math.isfinite(args.lr)):
