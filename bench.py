@@ -1,15 +1,18 @@
 """Training speed of this project against a tutorial-style PyTorch loop, in one run.
 
-    python bench.py                       # CPU, batch 64 and the default batch size
-    python bench.py --device cuda --batch-size 1024
+    python bench.py                       # CPU, at train.py's default batch size (64)
+    python bench.py --device cuda         # GPU, at train.py's CUDA default (2048)
 
 Both loops train the same model with the same loss and Adam step. The project's step draws
 each batch from the data source train.py uses (rendered or bit-packed, already on the device)
-and runs train.train_step; the baseline feeds a DataLoader from a Dataset whose __getitem__
-converts one uint8 image to float, then copies each batch to the device. Timing windows
-alternate between the two so that machine noise hits both alike.
+and runs train.train_step with train.py's settings. The baseline feeds a DataLoader from a
+Dataset whose __getitem__ converts one uint8 image to float, then copies each batch to the
+device; it runs in a process of its own, as a tutorial script would, since train.py's
+process-wide settings (train.speed_settings) would otherwise hold for it too. Timing windows
+alternate between the two processes, so that machine noise hits both alike.
 """
 import argparse
+import multiprocessing
 import resource
 import statistics
 import sys
@@ -23,7 +26,8 @@ import dataset
 from dataset import UserError
 from loss import beta_vae_loss
 from model import BetaVAE
-from train import build, build_parser, epoch_order, pick_device, train_step
+from train import (build, build_parser, default_batch_size, default_lr, epoch_order,
+                   pick_device, speed_settings, train_step)
 
 
 class TutorialDataset(Dataset):
@@ -56,14 +60,24 @@ def baseline_loop(imgs, batch_size, device, lr):
             yield loss
 
 
-def project_loop(data, batch_size, device, args):
+def project_loop(data, batch_size, device, args, lr):
     """This project's training step, fed exactly as train.py feeds it."""
-    model, opt = build(args.latent_dim, args.lr, device)
+    model, opt = build(args.latent_dim, lr, device)
     for epoch in range(sys.maxsize):
-        order = epoch_order(0, epoch, len(data))
+        order = epoch_order(0, epoch, len(data)).to(device)
         for pos in range(len(data) // batch_size):
             batch = order[pos * batch_size:(pos + 1) * batch_size]
             yield train_step(model, opt, data.images(batch), args, 0.0)["loss"]
+
+
+def baseline_process(conn, imgs, batch_size, device, lr):
+    """The baseline's own process: one timing window per number of seconds received; on None,
+    its peak memory, and it ends."""
+    device = torch.device(device)
+    loop = baseline_loop(imgs, batch_size, device, lr)
+    while (seconds := conn.recv()) is not None:
+        conn.send(time_window(loop, seconds, batch_size, device))
+    conn.send(peak_memory(device))
 
 
 def sync(device):
@@ -106,18 +120,39 @@ def matmul_gflops(device):
     return best
 
 
+def peak_memory(device):
+    """MiB: peak allocated GPU memory, or the process's peak resident memory on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def bench(batch_size, device, seconds, windows, data, args):
-    project = project_loop(data, batch_size, device, args)
+    """Alternating timing windows of both loops: (rates per loop, the baseline's peak MiB)."""
+    lr = default_lr(batch_size)  # the rate train.py would use at this batch size
+    project = project_loop(data, batch_size, device, args, lr)
     # The baseline's uint8 images, held in memory as the tutorials do (a 16,384-image subset).
     pool = torch.cat([data.images(i).cpu() for i in torch.randperm(len(data))[:16384].split(4096)])
-    baseline = baseline_loop(pool, batch_size, device, args.lr)
-    for loop in (project, baseline):  # warm-up: kernels chosen, caches filled
-        time_window(loop, min(seconds, 3.0), batch_size, device)
+    # A fresh interpreter ("spawn"): a forked child would inherit this process's settings.
+    ctx = multiprocessing.get_context("spawn")
+    conn, child_conn = ctx.Pipe()
+    child = ctx.Process(target=baseline_process, args=(child_conn, pool, batch_size, str(device), lr))
+    child.start()
+
+    def baseline_window(s):
+        conn.send(s)
+        return conn.recv()
+
+    time_window(project, min(seconds, 3.0), batch_size, device)  # warm-up: kernels chosen,
+    baseline_window(min(seconds, 3.0))  # caches filled
     rates = {"project": [], "baseline": []}
     for _ in range(windows):
         rates["project"].append(time_window(project, seconds, batch_size, device))
-        rates["baseline"].append(time_window(baseline, seconds, batch_size, device))
-    return rates
+        rates["baseline"].append(baseline_window(seconds))
+    conn.send(None)
+    baseline_peak = conn.recv()
+    child.join()
+    return rates, baseline_peak
 
 
 def main(argv=None):
@@ -125,15 +160,18 @@ def main(argv=None):
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                    help="device to benchmark (default: cpu)")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="batch size (default: 64 and train.py's default)")
+                   help="batch size (default: 64 and train.py's default for the device)")
     p.add_argument("--seconds", type=float, default=4.0,
                    help="length of one timing window (default: 4)")
     p.add_argument("--windows", type=int, default=5,
                    help="timing windows per loop, alternating (default: 5)")
     args = p.parse_args(argv)
+    if not (args.batch_size is None or args.batch_size >= 1) or args.windows < 1 or not args.seconds > 0:
+        raise UserError("--batch-size and --windows must be at least 1, --seconds above 0")
     device = pick_device(args.device)
+    speed_settings(device)  # as train.py does; the baseline's own process keeps the defaults
     train_args = build_parser().parse_args([])
-    sizes = [args.batch_size] if args.batch_size else sorted({64, train_args.batch_size})
+    sizes = [args.batch_size] if args.batch_size else sorted({64, default_batch_size(device)})
     data = dataset.load(train_args.data, device=device)
     flops = flops_per_image(device)
     bound = matmul_gflops(device)
@@ -145,19 +183,18 @@ def main(argv=None):
           f"= {bound * 1e9 / flops:,.0f} images/s")
     print(f"{'batch':>6} {'loop':>9} {'median img/s':>13} {'min':>8} {'max':>8} "
           f"{'GFLOP/s':>8} {'of bound':>9}")
+    baseline_peak = 0.0
     for batch_size in sizes:
-        rates = bench(batch_size, device, args.seconds, args.windows, data, train_args)
+        rates, peak = bench(batch_size, device, args.seconds, args.windows, data, train_args)
+        baseline_peak = max(baseline_peak, peak)
         med = {k: statistics.median(v) for k, v in rates.items()}
         for k, v in rates.items():
             gflops = med[k] * flops / 1e9
             print(f"{batch_size:>6} {k:>9} {med[k]:>13,.0f} {min(v):>8,.0f} {max(v):>8,.0f} "
                   f"{gflops:>8.1f} {gflops / bound:>9.0%}")
         print(f"{batch_size:>6} {'ratio':>9} {med['project'] / med['baseline']:>12.2f}x")
-    if device.type == "cuda":
-        print(f"peak GPU memory allocated: {torch.cuda.max_memory_allocated() / 2**20:,.0f} MiB")
-    else:
-        print(f"peak resident memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB")
-
+    what = "GPU memory allocated" if device.type == "cuda" else "resident memory"
+    print(f"peak {what}: project {peak_memory(device):,.0f} MiB, baseline {baseline_peak:,.0f} MiB")
 
 if __name__ == "__main__":
     try:

@@ -91,6 +91,23 @@ def test_rendered_source_serves_images_by_index():
     assert torch.equal(data.images_for(D.index_to_factors(idx)), data.images(idx))
 
 
+def test_pack_bits_matches_numpy_packbits():
+    imgs = (torch.rand(50, 64, 64, generator=torch.Generator().manual_seed(0)) > 0.5).to(torch.uint8)
+    packed = D.pack_bits(imgs)
+    assert packed.dtype == torch.uint8 and packed.shape == (50, 64, 8)
+    assert np.array_equal(packed.numpy(), np.packbits(imgs.numpy(), axis=-1))
+
+
+def test_render_packed_serves_the_rendered_images(monkeypatch):
+    """The GPU's data source (every image rendered once, then bit-packed), here on the CPU and
+    on the first 3,000 images, in chunks that do not divide them evenly."""
+    monkeypatch.setattr(D, "NUM_IMAGES", 3000)
+    data = D.DSprites(D.render_packed("cpu", chunk=1024), source="rendered")
+    assert data.packed.shape == (3000, 64, 8) and data.source == "rendered"
+    idx = torch.tensor([0, 1023, 1024, 2047, 2999, 1500])
+    assert torch.equal(data.images(idx), D.render(D.index_to_factors(idx)))
+
+
 # ---------------------------------------------------------------- official format
 
 def write_npz(path, imgs_chunks, shape=(D.NUM_IMAGES, 64, 64), classes=None, keys=None):

@@ -115,6 +115,19 @@ def test_user_mistakes_raise_clear_errors(run40, tmp_path):
         traverse.main([str(tmp_path / "foreign.pt")])
 
 
+def test_batch_size_and_lr_defaults_follow_the_device(tmp_path):
+    assert train.default_batch_size(torch.device("cpu")) == 64
+    assert train.default_batch_size(torch.device("cuda")) == 2048
+    assert train.default_lr(64) == 5e-4 and train.default_lr(256) == pytest.approx(1e-3)
+    out = tmp_path / "defaults"
+    assert train.main(["--max-steps", "1", "--out", str(out), "--device", "cpu"]) == 0
+    args = train.load_checkpoint(out)["args"]
+    assert (args["batch_size"], args["lr"]) == (64, 5e-4)
+    out = tmp_path / "given"  # a batch size given alone: the rate follows it
+    assert train.main(["--max-steps", "1", "--out", str(out), "--batch-size", "16"]) == 0
+    assert train.load_checkpoint(out)["args"]["lr"] == pytest.approx(2.5e-4)
+
+
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     out = tmp_path / "nan"
     with pytest.raises(UserError, match="loss is nan near step 5; stopped. no checkpoint"):
