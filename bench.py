@@ -12,11 +12,13 @@ process-wide settings (train.speed_settings) would otherwise hold for it too. Ti
 alternate between the two processes, so that machine noise hits both alike.
 """
 import argparse
+import csv
 import multiprocessing
 import resource
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -155,6 +157,77 @@ def bench(batch_size, device, seconds, windows, data, args):
     return rates, baseline_peak
 
 
+def plain_step(model, opt, imgs, args):
+    """The same update without the speed work: fp32, default memory format, no autocast, and
+    no TF32 in cuDNN's convolutions (PyTorch's default on CUDA rounds their inputs to TF32)."""
+    x = imgs.unsqueeze(1).float()
+    with torch.backends.cudnn.flags(enabled=True, benchmark=torch.backends.cudnn.benchmark,
+                                    allow_tf32=False):
+        logits, mu, logvar = model(x)
+        loss = beta_vae_loss(logits, x, mu, logvar, args.objective, args.beta, args.gamma)["loss"]
+        opt.zero_grad()
+        loss.backward()
+    opt.step()
+    return loss.detach()
+
+
+CURVE_EVERY = 50  # --curve logs the mean loss of every 50 steps
+
+
+def loss_curves(data, batch_size, device, args, steps, out, seed=0, every=CURVE_EVERY):
+    """Train the project's step and plain_step side by side, from the same initial weights on
+    the same batches, and write both loss curves to out.csv and out.png. Returns the rows."""
+    lr = default_lr(batch_size)
+    torch.manual_seed(seed)
+    fast, fast_opt = build(args.latent_dim, lr, device)
+    plain = BetaVAE(latent_dim=args.latent_dim).to(device)
+    plain.load_state_dict(fast.state_dict())
+    plain_opt = torch.optim.Adam(plain.parameters(), lr=lr)
+    per_epoch = len(data) // batch_size
+    rows, sums = [], torch.zeros(2, device=device)
+    for step in range(steps):
+        epoch, pos = divmod(step, per_epoch)
+        if pos == 0:
+            order = epoch_order(seed, epoch, len(data)).to(device)
+        imgs = data.images(order[pos * batch_size:(pos + 1) * batch_size])
+        sums[0] += train_step(fast, fast_opt, imgs, args, 0.0)["loss"]
+        sums[1] += plain_step(plain, plain_opt, imgs, args)
+        if (step + 1) % every == 0:
+            rows.append([step + 1] + (sums / every).tolist())
+            sums.zero_()
+    with open(f"{out}.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["step", "project", "plain_fp32"]] + rows)
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps_logged = [r[0] for r in rows]
+    precision = "bf16 autocast" if device.type == "cuda" else "fp32"
+    ax.plot(steps_logged, [r[1] for r in rows], label=f"this project ({precision}, channels_last)")
+    ax.plot(steps_logged, [r[2] for r in rows], "--", label="plain fp32 loop")
+    ax.set(xlabel="step", ylabel=f"loss, mean of {every} steps (nats per image)", yscale="log",
+           title=f"Same batches, same initial weights: batch {batch_size} on {device.type}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(f"{out}.png", dpi=100)
+    plt.close(fig)
+    return rows
+
+
+def report_curves(data, batch_size, device, args, steps, seed):
+    """--curve: both loss curves written to runs/, and the last tenth of each summarised."""
+    out = Path("runs") / f"loss_match_{device.type}_seed{seed}"
+    out.parent.mkdir(exist_ok=True)
+    rows = loss_curves(data, batch_size, device, args, steps, out, seed)
+    tail = rows[-max(1, len(rows) // 10):]
+    for k, name in ((1, "project"), (2, "plain fp32")):
+        values = [r[k] for r in tail]
+        print(f"{name:>10}: loss {statistics.mean(values):.2f} ± {statistics.pstdev(values):.2f} "
+              f"over the last {len(tail)} logged points (mean ± std)")
+    print(f"wrote {out}.csv and {out}.png")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="Training images/second: project vs tutorial loop.")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
@@ -165,14 +238,25 @@ def main(argv=None):
                    help="length of one timing window (default: 4)")
     p.add_argument("--windows", type=int, default=5,
                    help="timing windows per loop, alternating (default: 5)")
+    p.add_argument("--curve", type=int, default=0, metavar="STEPS",
+                   help="instead of timing, train the project's step and a plain fp32 step "
+                        "side by side for STEPS steps and write both loss curves to "
+                        "runs/loss_match_<device>_seed<seed>.csv and .png (default: 0, off)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="with --curve: seed of the initial weights and batch order (default: 0)")
     args = p.parse_args(argv)
     if not (args.batch_size is None or args.batch_size >= 1) or args.windows < 1 or not args.seconds > 0:
         raise UserError("--batch-size and --windows must be at least 1, --seconds above 0")
+    if args.curve and args.curve < CURVE_EVERY:
+        raise UserError(f"--curve must be 0 (off) or at least {CURVE_EVERY} steps")
     device = pick_device(args.device)
     speed_settings(device)  # as train.py does; the baseline's own process keeps the defaults
     train_args = build_parser().parse_args([])
     sizes = [args.batch_size] if args.batch_size else sorted({64, default_batch_size(device)})
     data = dataset.load(train_args.data, device=device)
+    if args.curve:
+        return report_curves(data, args.batch_size or default_batch_size(device), device,
+                             train_args, args.curve, args.seed)
     flops = flops_per_image(device)
     bound = matmul_gflops(device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else (
