@@ -62,14 +62,19 @@ def baseline_loop(imgs, batch_size, device, lr):
             yield loss
 
 
+def batch_stream(data, batch_size, device, seed=0):
+    """uint8 batches in train.py's order, epoch after epoch, drawn as train.py draws them."""
+    for epoch in range(sys.maxsize):
+        order = epoch_order(seed, epoch, len(data)).to(device)
+        for pos in range(len(data) // batch_size):
+            yield data.images(order[pos * batch_size:(pos + 1) * batch_size])
+
+
 def project_loop(data, batch_size, device, args, lr):
     """This project's training step, fed exactly as train.py feeds it."""
     model, opt = build(args.latent_dim, lr, device)
-    for epoch in range(sys.maxsize):
-        order = epoch_order(0, epoch, len(data)).to(device)
-        for pos in range(len(data) // batch_size):
-            batch = order[pos * batch_size:(pos + 1) * batch_size]
-            yield train_step(model, opt, data.images(batch), args, 0.0)["loss"]
+    for imgs in batch_stream(data, batch_size, device):
+        yield train_step(model, opt, imgs, args, 0.0)["loss"]
 
 
 def baseline_process(conn, imgs, batch_size, device, lr):
@@ -183,13 +188,8 @@ def loss_curves(data, batch_size, device, args, steps, out, seed=0, every=CURVE_
     plain = BetaVAE(latent_dim=args.latent_dim).to(device)
     plain.load_state_dict(fast.state_dict())
     plain_opt = torch.optim.Adam(plain.parameters(), lr=lr)
-    per_epoch = len(data) // batch_size
     rows, sums = [], torch.zeros(2, device=device)
-    for step in range(steps):
-        epoch, pos = divmod(step, per_epoch)
-        if pos == 0:
-            order = epoch_order(seed, epoch, len(data)).to(device)
-        imgs = data.images(order[pos * batch_size:(pos + 1) * batch_size])
+    for step, imgs in zip(range(steps), batch_stream(data, batch_size, device, seed)):
         sums[0] += train_step(fast, fast_opt, imgs, args, 0.0)["loss"]
         sums[1] += plain_step(plain, plain_opt, imgs, args)
         if (step + 1) % every == 0:
@@ -279,6 +279,7 @@ def main(argv=None):
         print(f"{batch_size:>6} {'ratio':>9} {med['project'] / med['baseline']:>12.2f}x")
     what = "GPU memory allocated" if device.type == "cuda" else "resident memory"
     print(f"peak {what}: project {peak_memory(device):,.0f} MiB, baseline {baseline_peak:,.0f} MiB")
+
 
 if __name__ == "__main__":
     try:
