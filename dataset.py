@@ -6,7 +6,8 @@
 All 737,280 images are addressed by their official index (posY varies fastest). Images leave
 this module as uint8 0/1 tensors on the training device, one batch at a time: nothing here
 ever holds the whole set as float (that would be 12 GB). The official file is kept bit-packed
-(377 MB); the renderer keeps nothing at all and draws each batch from its factors.
+(377 MB); on CPU the renderer keeps nothing and draws each batch from its factors, on CUDA it
+draws every image once and keeps them bit-packed on the GPU the same way.
 """
 import argparse
 import hashlib
@@ -152,8 +153,8 @@ def render(classes):
 # ---------------------------------------------------------------- data sources
 
 class DSprites:
-    """All dSprites images by official index; `packed` holds the official file's bits, or None
-    to render images from their factors on demand."""
+    """All dSprites images by official index; `packed` holds bit-packed images (the official
+    file's, or all rendered ones), or None to render images from their factors on demand."""
 
     def __init__(self, packed=None, device="cpu", source=None):
         self.packed = packed
