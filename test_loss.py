@@ -1,10 +1,11 @@
 """The ELBO parts against independent references, and the model's shapes."""
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.distributions import Bernoulli, Normal, kl_divergence
 
 from loss import beta_vae_loss, capacity, kl_per_dim, reconstruction_loss
-from model import BetaVAE
+from model import BetaVAE, ToPixels
 
 
 def test_kl_matches_torch_distributions():
@@ -57,3 +58,23 @@ def test_model_shapes_and_eval_mean():
     assert torch.equal(model.reparameterize(mu, logvar), mu)
     assert BetaVAE(**model.config).config == {"latent_dim": 6, "channels": 1}
     assert BetaVAE(channels=3).decode(torch.zeros(1, 10)).shape == (1, 3, 64, 64)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
+def test_last_layer_is_a_transposed_conv(channels, layout):
+    """ToPixels' overlap-add forward and its backward against F.conv_transpose2d."""
+    torch.manual_seed(0)
+    layer = ToPixels(32, channels)
+    x = torch.randn(3, 32, 32, 32).to(memory_format=layout).requires_grad_()
+    grad = torch.randn(3, channels, 64, 64)
+    ours = layer(x)
+    ours.backward(grad)
+    got = [x.grad, layer.weight.grad, layer.bias.grad]
+    x.grad = layer.weight.grad = layer.bias.grad = None
+    ref = F.conv_transpose2d(x, layer.weight, layer.bias, stride=2, padding=1)
+    ref.backward(grad)
+    assert ours.shape == ref.shape == (3, channels, 64, 64)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    for g, r in zip(got, [x.grad, layer.weight.grad, layer.bias.grad]):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
