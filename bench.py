@@ -5,9 +5,10 @@
 
 Both loops train the same model with the same loss and Adam step. The project's step draws
 each batch from the data source train.py uses (rendered or bit-packed, already on the device)
-and runs train.train_step with train.py's settings. The baseline feeds a DataLoader from a
-Dataset whose __getitem__ converts one uint8 image to float, then copies each batch to the
-device; it runs in a process of its own, as a tutorial script would, since train.py's
+and runs train.train_step with train.py's settings. The baseline writes the model with stock
+layers only (its last layer a plain nn.ConvTranspose2d, not model.ToPixels), feeds a DataLoader
+from a Dataset whose __getitem__ converts one uint8 image to float, then copies each batch to
+the device; it runs in a process of its own, as a tutorial script would, since train.py's
 process-wide settings (train.speed_settings) would otherwise hold for it too. Timing windows
 alternate between the two processes, so that machine noise hits both alike.
 """
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -45,9 +47,18 @@ class TutorialDataset(Dataset):
         return self.imgs[i].unsqueeze(0).float()  # 1, 64, 64
 
 
+def tutorial_model(latent_dim=10):
+    """The β-VAE as a tutorial writes it, stock layers only: model.ToPixels, the decoder's last
+    layer, becomes the plain nn.ConvTranspose2d it stands for (same parameters, same function)."""
+    model = BetaVAE(latent_dim=latent_dim)
+    last = model.decoder[-1]
+    model.decoder[-1] = nn.ConvTranspose2d(last.in_channels, last.out_channels, 4, 2, 1)
+    return model
+
+
 def baseline_loop(imgs, batch_size, device, lr):
     """A plain loop: DataLoader with shuffling, .to(device) per batch, default memory format."""
-    model = BetaVAE().to(device)
+    model = tutorial_model().to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     loader = DataLoader(TutorialDataset(imgs), batch_size=batch_size, shuffle=True,
                         drop_last=True)
@@ -163,8 +174,8 @@ def bench(batch_size, device, seconds, windows, data, args):
 
 
 def plain_step(model, opt, imgs, args):
-    """The same update without the speed work: fp32, default memory format, no autocast, and
-    no TF32 in cuDNN's convolutions (PyTorch's default on CUDA rounds their inputs to TF32)."""
+    """The same update without the speed work: stock layers (tutorial_model), fp32, default
+    memory format, foreach Adam, no autocast, and no TF32 in cuDNN's convolutions (PyTorch's default on CUDA rounds their inputs to TF32)."""
     x = imgs.unsqueeze(1).float()
     with torch.backends.cudnn.flags(enabled=True, benchmark=torch.backends.cudnn.benchmark,
                                     allow_tf32=False):
@@ -185,7 +196,7 @@ def loss_curves(data, batch_size, device, args, steps, out, seed=0, every=CURVE_
     lr = default_lr(batch_size)
     torch.manual_seed(seed)
     fast, fast_opt = build(args.latent_dim, lr, device)
-    plain = BetaVAE(latent_dim=args.latent_dim).to(device)
+    plain = tutorial_model(args.latent_dim).to(device)
     plain.load_state_dict(fast.state_dict())
     plain_opt = torch.optim.Adam(plain.parameters(), lr=lr)
     rows, sums = [], torch.zeros(2, device=device)

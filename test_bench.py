@@ -3,9 +3,11 @@ import csv
 import re
 
 import pytest
+import torch
 
 import bench
 from dataset import UserError
+from model import BetaVAE, ToPixels
 
 
 def test_bench_prints_rates_ratio_flops_and_memory(capsys):
@@ -24,6 +26,16 @@ def test_bench_prints_rates_ratio_flops_and_memory(capsys):
     assert ratio == pytest.approx(rates["project"] / rates["baseline"], rel=0.05)
     mem = re.search(r"peak resident memory: project ([\d,]+) MiB, baseline ([\d,]+) MiB", out)
     assert mem and all(100 < float(v.replace(",", "")) < 4000 for v in mem.groups())
+
+
+def test_tutorial_model_is_the_same_function_in_stock_layers():
+    torch.manual_seed(0)
+    ours, plain = BetaVAE().eval(), bench.tutorial_model().eval()
+    plain.load_state_dict(ours.state_dict())  # strict: the same parameters under the same names
+    assert any(isinstance(m, ToPixels) for m in ours.modules())
+    assert not any(isinstance(m, ToPixels) for m in plain.modules())
+    x = (torch.rand(4, 1, 64, 64) > 0.7).float()
+    torch.testing.assert_close(plain(x)[0], ours(x)[0], rtol=1e-5, atol=1e-5)
 
 
 def test_curve_trains_both_steps_on_the_same_batches(tmp_path, monkeypatch, capsys):
