@@ -78,3 +78,16 @@ def test_last_layer_is_a_transposed_conv(channels, layout):
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
     for g, r in zip(got, [x.grad, layer.weight.grad, layer.bias.grad]):
         torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
+
+
+def test_last_layer_off_cpu_or_under_autocast_is_the_stock_layer():
+    """Elsewhere ToPixels is nn.ConvTranspose2d itself: on another device ("meta" stands in for
+    CUDA here) and under CPU autocast, where the written-out forward would mix dtypes."""
+    layer = ToPixels(32, 1)
+    assert layer.to("meta")(torch.empty(2, 32, 32, 32, device="meta")).shape == (2, 1, 64, 64)
+    layer = ToPixels(32, 1)
+    x = torch.randn(2, 32, 32, 32)
+    with torch.autocast("cpu", torch.bfloat16):
+        y = layer(x)
+        ref = F.conv_transpose2d(x, layer.weight, layer.bias, stride=2, padding=1)
+    assert y.dtype == torch.bfloat16 and torch.equal(y, ref)
