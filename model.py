@@ -50,8 +50,8 @@ class ToPixels(nn.ConvTranspose2d):
         super().__init__(in_channels, out_channels, 4, 2, 1)
 
     def forward(self, x):
-        # Off the CPU (cuDNN is fast here) or under CPU autocast (bf16 inputs, fp32 weights):
-        # the stock layer.
+        # A workaround for oneDNN: off the CPU, and under CPU autocast (bf16 inputs, fp32
+        # weights), the stock layer.
         if x.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
             return super().forward(x)
         return _OverlapAdd.apply(x, self.weight, self.bias)
