@@ -52,7 +52,8 @@ def tutorial_model(latent_dim=10):
     layer, becomes the plain nn.ConvTranspose2d it stands for (same parameters, same function)."""
     model = BetaVAE(latent_dim=latent_dim)
     last = model.decoder[-1]
-    model.decoder[-1] = nn.ConvTranspose2d(last.in_channels, last.out_channels, 4, 2, 1)
+    model.decoder[-1] = nn.ConvTranspose2d(last.in_channels, last.out_channels,
+                                           last.kernel_size, last.stride, last.padding)
     return model
 
 
@@ -175,7 +176,8 @@ def bench(batch_size, device, seconds, windows, data, args):
 
 def plain_step(model, opt, imgs, args):
     """The same update without the speed work: stock layers (tutorial_model), fp32, default
-    memory format, foreach Adam, no autocast, and no TF32 in cuDNN's convolutions (PyTorch's default on CUDA rounds their inputs to TF32)."""
+    memory format, foreach Adam, no autocast, and no TF32 in cuDNN's convolutions (PyTorch's
+    default on CUDA rounds their inputs to TF32)."""
     x = imgs.unsqueeze(1).float()
     with torch.backends.cudnn.flags(enabled=True, benchmark=torch.backends.cudnn.benchmark,
                                     allow_tf32=False):
