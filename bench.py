@@ -155,7 +155,8 @@ def bench(batch_size, device, seconds, windows, data, args):
     # A fresh interpreter ("spawn"): a forked child would inherit this process's settings.
     ctx = multiprocessing.get_context("spawn")
     conn, child_conn = ctx.Pipe()
-    child = ctx.Process(target=baseline_process, args=(child_conn, pool, batch_size, str(device), lr))
+    child = ctx.Process(target=baseline_process,
+                        args=(child_conn, pool, batch_size, str(device), lr))
     child.start()
 
     def baseline_window(s):
@@ -258,7 +259,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0,
                    help="with --curve: seed of the initial weights and batch order (default: 0)")
     args = p.parse_args(argv)
-    if not (args.batch_size is None or args.batch_size >= 1) or args.windows < 1 or not args.seconds > 0:
+    if (not (args.batch_size is None or args.batch_size >= 1) or args.windows < 1
+            or not args.seconds > 0):
         raise UserError("--batch-size and --windows must be at least 1, --seconds above 0")
     if args.curve and args.curve < CURVE_EVERY:
         raise UserError(f"--curve must be 0 (off) or at least {CURVE_EVERY} steps")

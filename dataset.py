@@ -181,7 +181,8 @@ class DSprites:
 def pack_bits(imgs):
     """(N, 64, 64) uint8 0/1 -> (N, 64, 8) uint8, the layout of np.packbits(imgs, axis=-1)."""
     weights = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8, device=imgs.device)
-    return (imgs.view(len(imgs), IMAGE_SIZE, IMAGE_SIZE // 8, 8) * weights).sum(-1, dtype=torch.uint8)
+    bits = imgs.view(len(imgs), IMAGE_SIZE, IMAGE_SIZE // 8, 8)  # N, 64, 8 bytes, 8 bits each
+    return (bits * weights).sum(-1, dtype=torch.uint8)
 
 
 def render_packed(device, chunk=65536):

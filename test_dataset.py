@@ -92,7 +92,8 @@ def test_rendered_source_serves_images_by_index():
 
 
 def test_pack_bits_matches_numpy_packbits():
-    imgs = (torch.rand(50, 64, 64, generator=torch.Generator().manual_seed(0)) > 0.5).to(torch.uint8)
+    noise = torch.rand(50, 64, 64, generator=torch.Generator().manual_seed(0))
+    imgs = (noise > 0.5).to(torch.uint8)
     packed = D.pack_bits(imgs)
     assert packed.dtype == torch.uint8 and packed.shape == (50, 64, 8)
     assert np.array_equal(packed.numpy(), np.packbits(imgs.numpy(), axis=-1))
