@@ -6,7 +6,7 @@
 Both loops train the same model with the same loss and Adam step. The project's step draws
 each batch from the data source train.py uses (rendered or bit-packed, already on the device)
 and runs train.train_step with train.py's settings. The baseline writes the model with stock
-layers only (its last layer a plain nn.ConvTranspose2d, not model.ToPixels), feeds a DataLoader
+layers only (plain nn.ConvTranspose2d, not model.UpConv), feeds a DataLoader
 from a Dataset whose __getitem__ converts one uint8 image to float, then copies each batch to
 the device; it runs in a process of its own, as a tutorial script would, since train.py's
 process-wide settings (train.speed_settings) would otherwise hold for it too. Timing windows
@@ -29,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import dataset
 from dataset import UserError
 from loss import beta_vae_loss
-from model import BetaVAE
+from model import BetaVAE, UpConv
 from train import (build, build_parser, default_batch_size, default_lr, epoch_order,
                    pick_device, speed_settings, train_step)
 
@@ -48,12 +48,13 @@ class TutorialDataset(Dataset):
 
 
 def tutorial_model(latent_dim=10):
-    """The β-VAE as a tutorial writes it, stock layers only: model.ToPixels, the decoder's last
-    layer, becomes the plain nn.ConvTranspose2d it stands for (same parameters, same function)."""
+    """The β-VAE as a tutorial writes it, stock layers only: each model.UpConv becomes the plain
+    nn.ConvTranspose2d it stands for (same parameters, same function)."""
     model = BetaVAE(latent_dim=latent_dim)
-    last = model.decoder[-1]
-    model.decoder[-1] = nn.ConvTranspose2d(last.in_channels, last.out_channels,
-                                           last.kernel_size, last.stride, last.padding)
+    for i, layer in enumerate(model.decoder):
+        if isinstance(layer, UpConv):
+            model.decoder[i] = nn.ConvTranspose2d(layer.in_channels, layer.out_channels,
+                                                  layer.kernel_size, layer.stride, layer.padding)
     return model
 
 
