@@ -4,8 +4,9 @@
     python bench.py --device cuda         # GPU, at train.py's CUDA default (2048)
 
 Both loops train the same model with the same loss and Adam step. The project's step draws
-each batch from the data source train.py uses (rendered or bit-packed, already on the device)
-and runs train.train_step with train.py's settings. The baseline writes the model with stock
+each batch from the data source train.py uses, bit-packed on the device, in its steady state
+(the rendered store filled, as from train.py's second epoch on), and runs train.train_step with
+train.py's settings. The baseline writes the model with stock
 layers only (plain nn.ConvTranspose2d, not model.UpConv), feeds a DataLoader
 from a Dataset whose __getitem__ converts one uint8 image to float, then copies each batch to
 the device; it runs in a process of its own, as a tutorial script would, since train.py's
@@ -141,10 +142,15 @@ def matmul_gflops(device):
 
 
 def peak_memory(device):
-    """MiB: peak allocated GPU memory, or the process's peak resident memory on CPU."""
+    """MiB: peak allocated GPU memory, or the process's peak resident memory on CPU. Linux keeps
+    ru_maxrss across exec, so a spawned process would report its parent's peak: read VmHWM."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):  # not Linux
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def bench(batch_size, device, seconds, windows, data, args):
@@ -273,6 +279,12 @@ def main(argv=None):
     if args.curve:
         return report_curves(data, args.batch_size or default_batch_size(device), device,
                              train_args, args.curve, args.seed)
+    if data.drawn is not None:  # rendered on demand (CPU): time the steady state
+        start = time.perf_counter()
+        data.draw_all()
+        print(f"data: all {len(data):,} images drawn into the rendered store in "
+              f"{time.perf_counter() - start:.0f} s, as during train.py's first epoch; from the "
+              f"second epoch on, as here, a batch is a lookup")
     flops = flops_per_image(device)
     bound = matmul_gflops(device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else (

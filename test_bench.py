@@ -6,13 +6,16 @@ import pytest
 import torch
 
 import bench
+import dataset
 from dataset import UserError
 from model import BetaVAE, UpConv
 
 
-def test_bench_prints_rates_ratio_flops_and_memory(capsys):
+def test_bench_prints_rates_ratio_flops_and_memory(monkeypatch, capsys):
+    monkeypatch.setattr(dataset, "NUM_IMAGES", 20_000)  # the rendered store, filled first
     bench.main(["--batch-size", "8", "--seconds", "0.3", "--windows", "2"])
     out = capsys.readouterr().out
+    assert "data: all 20,000 images drawn into the rendered store in" in out
     assert "model: 73.7 MFLOP per training image" in out  # forward + backward of BetaVAE()
     rates = {}
     for loop in ("project", "baseline"):

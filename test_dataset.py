@@ -99,14 +99,25 @@ def test_pack_bits_matches_numpy_packbits():
     assert np.array_equal(packed.numpy(), np.packbits(imgs.numpy(), axis=-1))
 
 
-def test_render_packed_serves_the_rendered_images(monkeypatch):
-    """The GPU's data source (every image rendered once, then bit-packed), here on the CPU and
-    on the first 3,000 images, in chunks that do not divide them evenly."""
+def test_rendered_store_keeps_what_it_drew(monkeypatch):
+    """The rendered source draws an image the first time it is asked for, then looks it up;
+    draw_all (the GPU's start-up) fills the rest, here on the first 3,000 images in chunks that
+    do not divide them evenly."""
     monkeypatch.setattr(D, "NUM_IMAGES", 3000)
-    data = D.DSprites(D.render_packed("cpu", chunk=1024), source="rendered")
+    data = D.DSprites(None)
     assert data.packed.shape == (3000, 64, 8) and data.source == "rendered"
-    idx = torch.tensor([0, 1023, 1024, 2047, 2999, 1500])
-    assert torch.equal(data.images(idx), D.render(D.index_to_factors(idx)))
+    idx = torch.tensor([0, 1023, 1024, 2047, 2999, 1500, 1024])
+    expected = D.render(D.index_to_factors(idx))
+    assert torch.equal(data.images(idx), expected)
+    assert data.drawn.sum() == 6 and data.drawn[idx].all()
+    render = D.render
+    monkeypatch.setattr(D, "render", lambda classes: pytest.fail("drawn twice"))
+    assert torch.equal(data.images(idx), expected)  # from the store
+    monkeypatch.setattr(D, "render", render)
+    data.draw_all(chunk=1024)
+    assert data.drawn is None
+    everything = torch.arange(3000)
+    assert torch.equal(data.images(everything), D.render(D.index_to_factors(everything)))
 
 
 # ---------------------------------------------------------------- official format
