@@ -90,7 +90,7 @@ def _heart_table():
     """The two chains as one lookup table: `knots`, the v breakpoints of both, increasing, and for
     the interval that ends at each knot, each chain's segment as (v0, u0, dv, du). Then
     u(v) = u0 + (v - v0) / dv * du, np.interp's formula, costs one searchsorted and one gather
-    for both chains (3 ms -> 1 ms for a batch of 64)."""
+    for both chains (3.3 -> 1.4 ms per batch of 64 against one interpolation per chain)."""
     inner_v, inner_u, outer_v, outer_u = _heart_chains()
     knots = torch.unique(torch.cat([inner_v, outer_v]))  # sorted; both start at the lobe top
     columns = []
@@ -100,7 +100,7 @@ def _heart_table():
     return knots, torch.stack(columns, 1), inner_v[-1].item()  # K; K, 8; v of the top dip
 
 
-_HEART = _heart_table()
+_HEART_KNOTS, _HEART_SEGMENTS, _HEART_DIP = _heart_table()
 
 
 def _in_square(u, v):
@@ -112,15 +112,14 @@ def _in_ellipse(u, v):
 
 
 def _in_heart(u, v):
-    knots, table = (a.to(u.device, u.dtype) for a in _HEART[:2])
-    dip = _HEART[2]
+    knots, segments = (a.to(u.device, u.dtype) for a in (_HEART_KNOTS, _HEART_SEGMENTS))
     j = torch.searchsorted(knots, v.contiguous()).clamp(1, len(knots) - 1)  # interval of each v
-    seg = table.index_select(0, j.flatten()).view(*v.shape, 8)
+    seg = segments.index_select(0, j.flatten()).view(*v.shape, 8)
     inner, outer = (seg[..., k + 1] + (v - seg[..., k]) / seg[..., k + 2] * seg[..., k + 3]
                     for k in (0, 4))  # |u| of each chain at v (outside a chain's v range: unused)
     au = u.abs()
     inside = (v >= knots[0]) & (v <= knots[-1]) & (au <= outer)  # between lobe top and tip
-    return inside & ((v >= dip) | (au >= inner))  # and not in the dip between the lobes
+    return inside & ((v >= _HEART_DIP) | (au >= inner))  # and not in the dip between the lobes
 
 
 WINDOW = 32  # every sprite fits in 32x32 pixels around its centre (largest radius: 13.6 px)
