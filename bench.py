@@ -8,9 +8,10 @@ each batch from the data source train.py uses, bit-packed on the device, in its 
 (the rendered store filled, as from train.py's second epoch on), and runs train.train_step with
 train.py's settings. The baseline writes the model with stock layers only (plain
 nn.ConvTranspose2d, not model.UpConv), feeds a DataLoader from a Dataset whose __getitem__
-converts one uint8 image to float, then copies each batch to the device; it runs in a process of its own, as a tutorial script would, since train.py's
-process-wide settings (train.speed_settings) would otherwise hold for it too. Timing windows
-alternate between the two processes, so that machine noise hits both alike.
+converts one uint8 image to float, then copies each batch to the device; it runs in a process
+of its own, as a tutorial script would, since train.py's process-wide settings
+(train.speed_settings) would otherwise hold for it too. Timing windows alternate between the
+two processes, so that machine noise hits both alike.
 """
 import argparse
 import csv
