@@ -172,9 +172,9 @@ class DSprites:
     them takes 3 ms). The store is allocated untouched: memory grows as images are drawn.
     """
 
-    def __init__(self, packed=None, device="cpu", source=None):
+    def __init__(self, packed=None, device="cpu"):
         self.device = torch.device(device)
-        self.source = source or ("rendered" if packed is None else "official")
+        self.source = "rendered" if packed is None else "official"
         self.drawn = None  # None: every image is in `packed`; else which ones are
         if packed is None:
             packed = torch.empty(NUM_IMAGES, IMAGE_SIZE, IMAGE_SIZE // 8, dtype=torch.uint8,
