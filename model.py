@@ -20,7 +20,9 @@ class _UpConv(torch.autograd.Function):
     (with 3 output channels both take 11 ms, so only one channel takes this path): each input
     pixel's channels map to a 4x4 patch per output channel (weight: C_in, C_out, 4, 4), and the
     patch of input pixel (i, j) is added to the output at rows 2i-1..2i+2, columns 2j-1..2j+2
-    (padding 1 crops the border).
+    (padding 1 crops the border). The figures are from 2 AVX2 cores; on 2 AVX-512 cores (Zen 4)
+    the last layer's forward is 6.4 ms stock against 1.8 here, the 16 -> 32 layer's forward and
+    backward 12.1 against 11.3 ms.
     """
 
     @staticmethod
