@@ -71,26 +71,28 @@ class BetaVAE(nn.Module):
         # Constructor arguments: checkpoints store them, so BetaVAE(**config) rebuilds the model.
         self.config = {"latent_dim": latent_dim, "channels": channels}
         self.latent_dim = latent_dim
+        # ReLUs in place: each overwrites the output of the layer before it, which backward
+        # does not need, instead of writing a fresh copy (8 MB for a 32x32x32 layer at batch 64).
         # Encoder: 4 x (conv 4x4, stride 2) halves 64 -> 4; then two hidden FC layers.
         self.encoder = nn.Sequential(
-            nn.Conv2d(channels, 32, 4, 2, 1), nn.ReLU(),  # B, 32, 32, 32
-            nn.Conv2d(32, 32, 4, 2, 1), nn.ReLU(),  # B, 32, 16, 16
-            nn.Conv2d(32, 32, 4, 2, 1), nn.ReLU(),  # B, 32, 8, 8
-            nn.Conv2d(32, 32, 4, 2, 1), nn.ReLU(),  # B, 32, 4, 4
+            nn.Conv2d(channels, 32, 4, 2, 1), nn.ReLU(inplace=True),  # B, 32, 32, 32
+            nn.Conv2d(32, 32, 4, 2, 1), nn.ReLU(inplace=True),  # B, 32, 16, 16
+            nn.Conv2d(32, 32, 4, 2, 1), nn.ReLU(inplace=True),  # B, 32, 8, 8
+            nn.Conv2d(32, 32, 4, 2, 1), nn.ReLU(inplace=True),  # B, 32, 4, 4
             nn.Flatten(),  # B, 512
-            nn.Linear(512, 256), nn.ReLU(),  # B, 256
-            nn.Linear(256, 256), nn.ReLU(),  # B, 256
+            nn.Linear(512, 256), nn.ReLU(inplace=True),  # B, 256
+            nn.Linear(256, 256), nn.ReLU(inplace=True),  # B, 256
             nn.Linear(256, 2 * latent_dim),  # B, 2*latent: mu and log sigma^2
         )
         # Decoder: the mirror image, ending in logits for every pixel.
         self.decoder = nn.Sequential(
-            nn.Linear(latent_dim, 256), nn.ReLU(),  # B, 256
-            nn.Linear(256, 256), nn.ReLU(),  # B, 256
-            nn.Linear(256, 512), nn.ReLU(),  # B, 512
+            nn.Linear(latent_dim, 256), nn.ReLU(inplace=True),  # B, 256
+            nn.Linear(256, 256), nn.ReLU(inplace=True),  # B, 256
+            nn.Linear(256, 512), nn.ReLU(inplace=True),  # B, 512
             nn.Unflatten(1, (32, 4, 4)),  # B, 32, 4, 4
-            UpConv(32, 32), nn.ReLU(),  # B, 32, 8, 8
-            UpConv(32, 32), nn.ReLU(),  # B, 32, 16, 16
-            UpConv(32, 32), nn.ReLU(),  # B, 32, 32, 32
+            UpConv(32, 32), nn.ReLU(inplace=True),  # B, 32, 8, 8
+            UpConv(32, 32), nn.ReLU(inplace=True),  # B, 32, 16, 16
+            UpConv(32, 32), nn.ReLU(inplace=True),  # B, 32, 32, 32
             UpConv(32, channels),  # B, C, 64, 64: logits
         )
 
