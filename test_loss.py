@@ -1,7 +1,10 @@
-"""The ELBO parts against independent references, and the model's shapes."""
+"""The ELBO parts against independent references, and the model: shapes, in-place ReLUs, UpConv."""
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.distributions import Bernoulli, Normal, kl_divergence
 
 from loss import beta_vae_loss, capacity, kl_per_dim, reconstruction_loss
@@ -59,6 +62,30 @@ def test_model_shapes_and_eval_mean():
     assert torch.equal(model.reparameterize(mu, logvar), mu)
     assert BetaVAE(**model.config).config == {"latent_dim": 6, "channels": 1}
     assert BetaVAE(channels=3).decode(torch.zeros(1, 10)).shape == (1, 3, 64, 64)
+
+
+def test_inplace_relus_change_nothing_but_memory():
+    """model.py's ReLUs overwrite their input: the same loss and gradients as ReLUs that copy,
+    and the caller's images are left as they were."""
+    torch.manual_seed(0)
+    ours = BetaVAE()
+    copying = copy.deepcopy(ours)
+    relus = [m for m in copying.modules() if isinstance(m, nn.ReLU)]
+    assert len(relus) == 12 and all(m.inplace for m in relus)
+    for m in relus:
+        m.inplace = False
+    x = (torch.rand(4, 1, 64, 64) > 0.7).float()
+    x_before = x.clone()
+    losses = []
+    for net in (ours, copying):
+        torch.manual_seed(1)  # the same noise ε
+        logits, mu, logvar = net(x)
+        losses.append(beta_vae_loss(logits, x, mu, logvar)["loss"])
+        losses[-1].backward()
+    assert torch.equal(x, x_before)
+    assert torch.equal(losses[0], losses[1])
+    for a, b in zip(ours.parameters(), copying.parameters()):
+        assert torch.equal(a.grad, b.grad)
 
 
 @pytest.mark.parametrize("c_out", [1, 3, 32])
