@@ -65,6 +65,25 @@ class UpConv(nn.ConvTranspose2d):
         return _UpConv.apply(x, self.weight, self.bias)
 
 
+def init_weights(model):
+    """He et al. 2015 ("Delving deep into rectifiers", eq. 10) for every conv and linear layer:
+    weights uniform with variance 2 / fan_in, biases zero. fan_in counts the inputs summed into
+    one output: in·k·k for a conv, in for a linear layer, in·k·k / stride² for a transposed
+    conv (each output pixel meets 2x2 of its 4x4 kernel taps). PyTorch's default, variance
+    1 / (3 fan_in), shrinks the signal at each of the 12 ReLU layers: the untrained decoder draws
+    the mean image, and β·KL switches latents off before they carry anything."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            fan_in = m.weight[0].numel()
+        elif isinstance(m, nn.ConvTranspose2d):
+            fan_in = m.weight.shape[0] * m.weight[0, 0].numel() // (m.stride[0] * m.stride[1])
+        else:
+            continue
+        bound = (6 / fan_in) ** 0.5  # uniform(-b, b) has variance b² / 3 = 2 / fan_in
+        nn.init.uniform_(m.weight, -bound, bound)
+        nn.init.zeros_(m.bias)
+
+
 class BetaVAE(nn.Module):
     def __init__(self, latent_dim=10, channels=1):
         super().__init__()
@@ -95,6 +114,8 @@ class BetaVAE(nn.Module):
             UpConv(32, 32), nn.ReLU(inplace=True),  # B, 32, 32, 32
             UpConv(32, channels),  # B, C, 64, 64: logits
         )
+
+        init_weights(self)
 
     def encode(self, x):
         """x: (B, C, 64, 64) in [0, 1] -> mu, logvar, each (B, latent_dim)."""

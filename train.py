@@ -45,6 +45,12 @@ def build_parser():
                    help="final capacity C of objective B, in nats (default: 25)")
     p.add_argument("--c-steps", type=int, default=100_000,
                    help="steps over which C rises linearly from 0 to --c-max (default: 100000)")
+    p.add_argument("--warmup-steps", type=int, default=0,
+                   help="objective H: β rises linearly from 0 over the first N steps; 0 keeps "
+                        "it constant (default: 0)")
+    p.add_argument("--init", default="he", choices=["he", "pytorch"],
+                   help="weight init: he (He et al. 2015, model.py) or pytorch (each layer's "
+                        "default) (default: he)")
     p.add_argument("--epochs", type=int, default=30, help="passes over the 737,280 images (default: 30)")
     p.add_argument("--max-steps", type=int, default=None,
                    help="stop after this many optimizer steps in all (default: no limit)")
@@ -218,7 +224,7 @@ def epoch_order(seed, epoch, n):
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
 
 
-def build(latent_dim, lr, device):
+def build(latent_dim, lr, device, init="he"):
     """Model and optimizer: the one place where layout and precision are chosen for speed.
 
     channels_last lets oneDNN (CPU) and cuDNN (GPU) pick their fast convolution kernels; on
@@ -226,37 +232,51 @@ def build(latent_dim, lr, device):
     0.5 M parameters in one kernel instead of ~10 per parameter tensor (0.5 vs 3 ms a step on
     a 2-core CPU). None of these changes the math.
     """
-    model = BetaVAE(latent_dim=latent_dim).to(device, memory_format=torch.channels_last)
+    model = BetaVAE(latent_dim=latent_dim)  # He init (model.init_weights)
+    if init == "pytorch":
+        for m in model.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear)):
+                m.reset_parameters()
+    model = model.to(device, memory_format=torch.channels_last)
     return model, torch.optim.Adam(model.parameters(), lr=lr, fused=device.type in ("cpu", "cuda"))
 
 
-def train_step(model, opt, imgs, args, c):
+def train_step(model, opt, imgs, args, c, beta):
     """One optimizer step on a uint8 batch; returns the loss parts as tensors (no host sync)."""
     x = imgs.unsqueeze(1).float()  # B, 1, 64, 64: converted here, one batch at a time
     with torch.autocast(x.device.type, torch.bfloat16, enabled=x.device.type == "cuda"):
         logits, mu, logvar = model(x)
     # The loss in fp32: BCE summed over 4096 pixels would lose precision in bf16.
     parts = beta_vae_loss(logits.float(), x, mu.float(), logvar.float(), args.objective,
-                          args.beta, args.gamma, c)
+                          beta, args.gamma, c)
     opt.zero_grad(set_to_none=True)
     parts["loss"].backward()
     opt.step()
     return {k: v.detach() for k, v in parts.items()}
 
 
-def resolve_args(args, parser):
-    """For --resume: the stored run's arguments, with only RESUMABLE flags taken from the
-    command line; any other flag that differs from the stored run is an error, not ignored."""
+# Flags added after runs were stored: the value those runs were trained with.
+LEGACY = {"init": "pytorch", "warmup_steps": 0}
+
+
+def resolve_args(args, parser, argv):
+    """For --resume: the stored run's arguments, with the RESUMABLE flags given on the command
+    line (whatever their value); any other flag given with a value unlike the stored run's is an
+    error, not ignored."""
     ckpt = load_checkpoint(args.resume)
-    stored = dict(ckpt["args"])
+    stored = {**LEGACY, **ckpt["args"]}
     resume = Path(args.resume)
     stored["out"] = str(resume if resume.is_dir() else resume.parent)  # the folder may have moved
-    for key, value in vars(args).items():
-        if value == parser.get_default(key) or value == stored.get(key):
-            continue  # not given on the command line, or the same as stored
+    # Parsed again into a namespace where every flag is already set to a marker: argparse fills
+    # in no defaults there, so what is not the marker was given on the command line.
+    unset = object()
+    given = vars(parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(vars(args), unset))))
+    for key, value in given.items():
+        if value is unset:
+            continue
         if key in RESUMABLE:
             stored[key] = value
-        else:
+        elif value != stored.get(key):
             raise UserError(f"--{key.replace('_', '-')} {value} conflicts with the run being "
                             f"resumed ({stored.get(key)}); a resumed run keeps its settings")
     return argparse.Namespace(**stored), ckpt
@@ -268,7 +288,7 @@ def train(args, ckpt=None):
     torch.manual_seed(args.seed)
     data = dataset.load(args.data, args.download, device)
     out = Path(args.out)
-    model, opt = build(args.latent_dim, args.lr, device)
+    model, opt = build(args.latent_dim, args.lr, device, args.init)
     step = 0
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
@@ -313,7 +333,8 @@ def train(args, ckpt=None):
         while pos < steps_per_epoch and step < total:
             batch = order[pos * args.batch_size:(pos + 1) * args.batch_size]
             c = capacity(step, args.c_max, args.c_steps) if args.objective == "B" else 0.0
-            parts = train_step(model, opt, data.images(batch), args, c)
+            beta = capacity(step, args.beta, args.warmup_steps) if args.warmup_steps else args.beta
+            parts = train_step(model, opt, data.images(batch), args, c, beta)
             sums = parts if sums is None else {k: sums[k] + v for k, v in parts.items()}
             n_sum += 1
             step, pos = step + 1, pos + 1
@@ -393,7 +414,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     ckpt = None
     if args.resume:
-        args, ckpt = resolve_args(args, parser)
+        args, ckpt = resolve_args(args, parser, argv)
     else:
         args.out = args.out or str(Path("runs") / default_run_name(args))
         if (Path(args.out) / "ckpt.pt").exists():
@@ -406,6 +427,8 @@ def main(argv=None):
         value = getattr(args, flag)
         if value is not None and value < 1:  # None: --max-steps not given
             raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
+    if args.warmup_steps < 0:
+        raise UserError("--warmup-steps must be 0 (off) or a number of steps")
     if args.eval_every < 0:
         raise UserError("--eval-every must be 0 (off) or a number of epochs")
     if args.lr is None:
