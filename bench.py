@@ -1,17 +1,16 @@
 """Training speed of this project against a tutorial-style PyTorch loop, in one run.
 
-    python bench.py                       # CPU, at train.py's default batch size (64)
-    python bench.py --device cuda         # GPU, at train.py's CUDA default (2048)
+    python bench.py                       # CPU, at train.py's batch size (64)
+    python bench.py --device cuda --batch-size 2048
 
-Both loops train the same model with the same loss and Adam step. The project's step draws
-each batch from the data source train.py uses, bit-packed on the device, in its steady state
-(the rendered store filled, as from train.py's second epoch on), and runs train.train_step with
-train.py's settings. The baseline writes the model with stock layers only (plain
-nn.ConvTranspose2d, not model.UpConv), feeds a DataLoader from a Dataset whose __getitem__
-converts one uint8 image to float, then copies each batch to the device; it runs in a process
-of its own, as a tutorial script would, since train.py's process-wide settings
-(train.speed_settings) would otherwise hold for it too. Timing windows alternate between the
-two processes, so that machine noise hits both alike.
+Both loops train the same model (model.py) with the same loss and Adam step. The project's
+step draws each batch from the data source train.py uses, bit-packed on the device, in its
+steady state (the rendered store filled, as from train.py's second epoch on), and runs
+train.train_step on the model with speed.py's settings. The baseline uses model.py as it is,
+feeds a DataLoader from a Dataset whose __getitem__ converts one uint8 image to float, then
+copies each batch to the device; it runs in a process of its own, as a tutorial script would,
+since speed.py's process-wide settings would otherwise hold for it too. Timing windows
+alternate between the two processes, so that machine noise hits both alike.
 """
 import argparse
 import csv
@@ -28,11 +27,14 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 import dataset
-from dataset import UserError
+import speed
+from checkpoint import pick_device
+from dataset import UserError, require
 from loss import beta_vae_loss
-from model import BetaVAE, UpConv
-from train import (build, build_parser, default_batch_size, default_lr, epoch_order,
-                   pick_device, speed_settings, train_step)
+from model import BetaVAE
+from train import train_step
+
+LR = 5e-4  # train.py's rate at batch 64, for both loops at any batch size (speed is the same)
 
 
 class TutorialDataset(Dataset):
@@ -48,21 +50,9 @@ class TutorialDataset(Dataset):
         return self.imgs[i].unsqueeze(0).float()  # 1, 64, 64
 
 
-def tutorial_model(latent_dim=10):
-    """The β-VAE as a tutorial writes it, stock layers only: each model.UpConv becomes the plain
-    nn.ConvTranspose2d it stands for (same parameters, same function). The ReLUs stay in place,
-    as in model.py: in this loop that measured neither faster nor slower."""
-    model = BetaVAE(latent_dim=latent_dim)
-    for i, layer in enumerate(model.decoder):
-        if isinstance(layer, UpConv):
-            model.decoder[i] = nn.ConvTranspose2d(layer.in_channels, layer.out_channels,
-                                                  layer.kernel_size, layer.stride, layer.padding)
-    return model
-
-
 def baseline_loop(imgs, batch_size, device, lr):
     """A plain loop: DataLoader with shuffling, .to(device) per batch, default memory format."""
-    model = tutorial_model().to(device)
+    model = BetaVAE().to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     loader = DataLoader(TutorialDataset(imgs), batch_size=batch_size, shuffle=True,
                         drop_last=True)
@@ -80,16 +70,22 @@ def baseline_loop(imgs, batch_size, device, lr):
 def batch_stream(data, batch_size, device, seed=0):
     """uint8 batches in train.py's order, epoch after epoch, drawn as train.py draws them."""
     for epoch in range(sys.maxsize):
-        order = epoch_order(seed, epoch, len(data)).to(device)
+        order = dataset.epoch_order(seed, epoch, len(data)).to(device)
         for pos in range(len(data) // batch_size):
             yield data.images(order[pos * batch_size:(pos + 1) * batch_size])
 
 
-def project_loop(data, batch_size, device, args, lr):
+def fast_model_and_adam(device, lr):
+    """model.py's model and Adam with speed.py's settings, as train.py builds them."""
+    model = speed.fast_model(BetaVAE(), device)
+    return model, speed.adam(model, lr, device)
+
+
+def project_loop(data, batch_size, device, lr):
     """This project's training step, fed exactly as train.py feeds it."""
-    model, opt = build(args.latent_dim, lr, device)
+    model, opt = fast_model_and_adam(device, lr)
     for imgs in batch_stream(data, batch_size, device):
-        yield train_step(model, opt, imgs, args, 0.0)["loss"]
+        yield train_step(model, opt, imgs)["loss"]
 
 
 def baseline_process(conn, imgs, batch_size, device, lr):
@@ -154,10 +150,9 @@ def peak_memory(device):
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bench(batch_size, device, seconds, windows, data, args):
+def bench(batch_size, device, seconds, windows, data, lr=LR):
     """Alternating timing windows of both loops: (rates per loop, the baseline's peak MiB)."""
-    lr = default_lr(batch_size)  # the rate train.py would use at this batch size
-    project = project_loop(data, batch_size, device, args, lr)
+    project = project_loop(data, batch_size, device, lr)
     # The baseline's uint8 images, held in memory as the tutorials do (a 16,384-image subset).
     pool = torch.cat([data.images(i).cpu() for i in torch.randperm(len(data))[:16384].split(4096)])
     # A fresh interpreter ("spawn"): a forked child would inherit this process's settings.
@@ -183,15 +178,15 @@ def bench(batch_size, device, seconds, windows, data, args):
     return rates, baseline_peak
 
 
-def plain_step(model, opt, imgs, args):
-    """The same update without the speed work: stock layers (tutorial_model), fp32, default
-    memory format, foreach Adam, no autocast, and no TF32 in cuDNN's convolutions (PyTorch's
-    default on CUDA rounds their inputs to TF32)."""
-    x = imgs.unsqueeze(1).float()
+def plain_step(model, opt, imgs):
+    """The same update without speed.py: model.py as it is, fp32, default memory format,
+    foreach Adam, no autocast, and no TF32 in cuDNN's convolutions (PyTorch's default on CUDA
+    rounds their inputs to TF32)."""
+    x = dataset.as_input(imgs)
     with torch.backends.cudnn.flags(enabled=True, benchmark=torch.backends.cudnn.benchmark,
                                     allow_tf32=False):
         logits, mu, logvar = model(x)
-        loss = beta_vae_loss(logits, x, mu, logvar, args.objective, args.beta, args.gamma)["loss"]
+        loss = beta_vae_loss(logits, x, mu, logvar)["loss"]
         opt.zero_grad()
         loss.backward()
     opt.step()
@@ -201,29 +196,27 @@ def plain_step(model, opt, imgs, args):
 CURVE_EVERY = 50  # --curve logs the mean loss of every 50 steps
 
 
-def loss_curves(data, batch_size, device, args, steps, out, seed=0, every=CURVE_EVERY):
+def loss_curves(data, batch_size, device, steps, out, seed=0, every=CURVE_EVERY, lr=LR):
     """Train the project's step and plain_step side by side, from the same initial weights on
     the same batches, and write both loss curves to out.csv and out.png. Returns the rows."""
-    lr = default_lr(batch_size)
     torch.manual_seed(seed)
-    fast, fast_opt = build(args.latent_dim, lr, device)
-    plain = tutorial_model(args.latent_dim).to(device)
+    fast, fast_opt = fast_model_and_adam(device, lr)
+    plain = BetaVAE().to(device)
     plain.load_state_dict(fast.state_dict())
     plain_opt = torch.optim.Adam(plain.parameters(), lr=lr)
     rows, sums = [], torch.zeros(2, device=device)
     for step, imgs in zip(range(steps), batch_stream(data, batch_size, device, seed)):
-        sums[0] += train_step(fast, fast_opt, imgs, args, 0.0)["loss"]
-        sums[1] += plain_step(plain, plain_opt, imgs, args)
+        sums[0] += train_step(fast, fast_opt, imgs)["loss"]
+        sums[1] += plain_step(plain, plain_opt, imgs)
         if (step + 1) % every == 0:
             rows.append([step + 1] + (sums / every).tolist())
             sums.zero_()
     with open(f"{out}.csv", "w", newline="") as f:
         csv.writer(f).writerows([["step", "project", "plain_fp32"]] + rows)
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4), layout="tight")
+    ax = fig.subplots()
     steps_logged = [r[0] for r in rows]
     precision = "bf16 autocast" if device.type == "cuda" else "fp32"
     ax.plot(steps_logged, [r[1] for r in rows], label=f"this project ({precision}, channels_last)")
@@ -231,17 +224,15 @@ def loss_curves(data, batch_size, device, args, steps, out, seed=0, every=CURVE_
     ax.set(xlabel="step", ylabel=f"loss, mean of {every} steps (nats per image)", yscale="log",
            title=f"Same batches, same initial weights: batch {batch_size} on {device.type}")
     ax.legend()
-    fig.tight_layout()
     fig.savefig(f"{out}.png", dpi=100)
-    plt.close(fig)
     return rows
 
 
-def report_curves(data, batch_size, device, args, steps, seed):
+def report_curves(data, batch_size, device, steps, seed):
     """--curve: both loss curves written to runs/, and the last tenth of each summarised."""
     out = Path("runs") / f"loss_match_{device.type}_seed{seed}"
     out.parent.mkdir(exist_ok=True)
-    rows = loss_curves(data, batch_size, device, args, steps, out, seed)
+    rows = loss_curves(data, batch_size, device, steps, out, seed)
     tail = rows[-max(1, len(rows) // 10):]
     for k, name in ((1, "project"), (2, "plain fp32")):
         values = [r[k] for r in tail]
@@ -254,8 +245,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description="Training images/second: project vs tutorial loop.")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                    help="device to benchmark (default: cpu)")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="batch size (default: 64 and train.py's default for the device)")
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="batch size (default: 64, train.py's)")
     p.add_argument("--seconds", type=float, default=4.0,
                    help="length of one timing window (default: 4)")
     p.add_argument("--windows", type=int, default=5,
@@ -267,19 +258,17 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0,
                    help="with --curve: seed of the initial weights and batch order (default: 0)")
     args = p.parse_args(argv)
-    if (not (args.batch_size is None or args.batch_size >= 1) or args.windows < 1
-            or not args.seconds > 0):
-        raise UserError("--batch-size and --windows must be at least 1, --seconds above 0")
+    require("batch-size", args.batch_size, 1)
+    require("windows", args.windows, 1)
+    require("seconds", args.seconds, 0, strict=True)
+    require("seed", args.seed, 0, high=2**31 - 1)
     if args.curve and args.curve < CURVE_EVERY:
         raise UserError(f"--curve must be 0 (off) or at least {CURVE_EVERY} steps")
     device = pick_device(args.device)
-    speed_settings(device)  # as train.py does; the baseline's own process keeps the defaults
-    train_args = build_parser().parse_args([])
-    sizes = [args.batch_size] if args.batch_size else sorted({64, default_batch_size(device)})
-    data = dataset.load(train_args.data, device=device)
+    speed.process_settings(device)  # as train.py does; the baseline's own process keeps defaults
+    data = dataset.load(device=device)
     if args.curve:
-        return report_curves(data, args.batch_size or default_batch_size(device), device,
-                             train_args, args.curve, args.seed)
+        return report_curves(data, args.batch_size, device, args.curve, args.seed)
     if data.drawn is not None:  # rendered on demand (CPU): time the steady state
         start = time.perf_counter()
         data.draw_all()
@@ -296,16 +285,13 @@ def main(argv=None):
           f"= {bound * 1e9 / flops:,.0f} images/s")
     print(f"{'batch':>6} {'loop':>9} {'median img/s':>13} {'min':>8} {'max':>8} "
           f"{'GFLOP/s':>8} {'of bound':>9}")
-    baseline_peak = 0.0
-    for batch_size in sizes:
-        rates, peak = bench(batch_size, device, args.seconds, args.windows, data, train_args)
-        baseline_peak = max(baseline_peak, peak)
-        med = {k: statistics.median(v) for k, v in rates.items()}
-        for k, v in rates.items():
-            gflops = med[k] * flops / 1e9
-            print(f"{batch_size:>6} {k:>9} {med[k]:>13,.0f} {min(v):>8,.0f} {max(v):>8,.0f} "
-                  f"{gflops:>8.1f} {gflops / bound:>9.0%}")
-        print(f"{batch_size:>6} {'ratio':>9} {med['project'] / med['baseline']:>12.2f}x")
+    rates, baseline_peak = bench(args.batch_size, device, args.seconds, args.windows, data)
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    for k, v in rates.items():
+        gflops = med[k] * flops / 1e9
+        print(f"{args.batch_size:>6} {k:>9} {med[k]:>13,.0f} {min(v):>8,.0f} {max(v):>8,.0f} "
+              f"{gflops:>8.1f} {gflops / bound:>9.0%}")
+    print(f"{args.batch_size:>6} {'ratio':>9} {med['project'] / med['baseline']:>12.2f}x")
     what = "GPU memory allocated" if device.type == "cuda" else "resident memory"
     print(f"peak {what}: project {peak_memory(device):,.0f} MiB, baseline {baseline_peak:,.0f} MiB")
 

@@ -41,13 +41,17 @@ class UserError(Exception):
     """A mistake in what the user gave us (file, flag, checkpoint): one line, exit status 1."""
 
 
+def require(flag, value, low, strict=False, high=math.inf):
+    """A flag's number must be finite and at least `low` (above it if strict), at most `high`;
+    otherwise a UserError naming the flag and its allowed range."""
+    if not (math.isfinite(value) and (value > low if strict else value >= low) and value <= high):
+        bound = f"above {low}" if strict else f"at least {low}"
+        if high < math.inf:
+            bound += f" and at most {high}"
+        raise UserError(f"--{flag.replace('_', '-')} must be a finite number {bound}, got {value}")
+
+
 # ---------------------------------------------------------------- factor API
-
-def sample_factors(n, generator=None, device="cpu"):
-    """n random factor-class vectors, (n, 5) int64, each factor uniform over its classes."""
-    cols = [torch.randint(size, (n,), generator=generator) for size in FACTOR_SIZES]
-    return torch.stack(cols, dim=1).to(device)
-
 
 def factors_to_index(classes):
     """(..., 5) factor classes -> (...) official indices."""
@@ -62,7 +66,7 @@ def index_to_factors(index):
 
 
 # ---------------------------------------------------------------- renderer
-# Geometry measured on real frames (../shared/dsprites_reference/README.md): a pixel is on
+# Geometry measured on real frames (dsprites_frames.npz, test_dataset.py): a pixel is on
 # exactly when its centre lies inside the shape, no anti-aliasing.
 SQUARE_HALF = 9.6
 ELLIPSE_AXES = (12.77, 7.215)
@@ -208,9 +212,16 @@ class DSprites:
         bits = self.packed[index].unsqueeze(-1) >> self._shifts  # B, 64, 8, 8 (np.packbits order)
         return (bits & 1).flatten(-2)  # B, 64, 64
 
-    def images_for(self, classes):
-        """(B, 5) factor classes -> (B, 64, 64) uint8 0/1 on self.device."""
-        return self.images(factors_to_index(classes.to(self.device)))
+
+def as_input(imgs):
+    """(B, 64, 64) uint8 0/1 -> (B, 1, 64, 64) float: the model's input, one batch at a time."""
+    return imgs.unsqueeze(1).float()
+
+
+def epoch_order(seed, epoch, n=NUM_IMAGES):
+    """The shuffled image order of one training epoch, a function of (seed, epoch) alone, so a
+    resumed run sees exactly the batches it would have seen."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
 
 
 def pack_bits(imgs):

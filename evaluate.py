@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import checkpoint
 import dataset
-from dataset import FACTOR_NAMES, FACTOR_SIZES, NUM_IMAGES, UserError
+from dataset import FACTOR_NAMES, FACTOR_SIZES, NUM_IMAGES, UserError, require
 from loss import kl_per_dim
-from train import load_checkpoint, model_from_checkpoint, pick_device
 
 # Sample counts of disentanglement_lib's metric configs; --quick takes a tenth of the classifier
 # samples and keeps the 10,000 images of MIG and of the FactorVAE variance estimate.
@@ -32,15 +32,24 @@ PROTOCOL = {"n_beta_train": 10_000, "n_beta_eval": 5_000, "n_fvae_train": 10_000
 QUICK = {"n_beta_train": 1_000, "n_beta_eval": 500, "n_fvae_train": 1_000, "n_fvae_eval": 500}
 PRUNE_STD = 0.05  # FactorVAE: latents with a global std below this count as collapsed
 MIG_BINS = 20
-CPU_CHUNK = 64  # on CPU the encoder runs 2-3x faster on cache-sized pieces than on 4096
-BASES = np.array(dataset.BASES)
+CPU_CHUNK = 64  # on CPU the encoder runs faster on cache-sized pieces than on 4096 at once
 
 
 # ---------------------------------------------------------------- sampling plan
 
 def _random_factors(rng, shape):
-    """(*shape, 5) factor classes, each factor uniform over its classes (@ BASES: indices)."""
+    """(*shape, 5) factor classes, each factor uniform over its classes."""
     return np.stack([rng.integers(size, size=shape) for size in FACTOR_SIZES], axis=-1)
+
+
+def _index(classes):
+    """dataset.factors_to_index for numpy arrays."""
+    return dataset.factors_to_index(torch.from_numpy(classes)).numpy()
+
+
+def _factors(index):
+    """dataset.index_to_factors for numpy arrays."""
+    return dataset.index_to_factors(torch.from_numpy(index)).numpy()
 
 
 def _fix_factor(rng, n, batch, pairs):
@@ -50,9 +59,9 @@ def _fix_factor(rng, n, batch, pairs):
     keep = (np.arange(len(FACTOR_NAMES)) == k[:, None, None])  # n, 1, 5
     if pairs:  # β-VAE: pair i shares factor k, other factors independent
         f1, f2 = _random_factors(rng, (n, batch)), _random_factors(rng, (n, batch))
-        return k, np.stack([f1 @ BASES, np.where(keep, f1, f2) @ BASES], axis=1)
+        return k, np.stack([_index(f1), _index(np.where(keep, f1, f2))], axis=1)
     f = _random_factors(rng, (n, batch))  # FactorVAE: the whole batch shares factor k
-    return k, np.where(keep, f[:, :1], f) @ BASES
+    return k, _index(np.where(keep, f[:, :1], f))
 
 
 def plan(rng, n_beta_train=10_000, n_beta_eval=5_000, n_fvae_train=10_000, n_fvae_eval=5_000,
@@ -64,10 +73,10 @@ def plan(rng, n_beta_train=10_000, n_beta_eval=5_000, n_fvae_train=10_000, n_fva
     """
     return {"beta_train": _fix_factor(rng, n_beta_train, batch, pairs=True),
             "beta_eval": _fix_factor(rng, n_beta_eval, batch, pairs=True),
-            "variance": _random_factors(rng, n_variance) @ BASES,
+            "variance": _index(_random_factors(rng, n_variance)),
             "fvae_train": _fix_factor(rng, n_fvae_train, batch, pairs=False),
             "fvae_eval": _fix_factor(rng, n_fvae_eval, batch, pairs=False),
-            "mig": _random_factors(rng, n_mig) @ BASES}
+            "mig": _index(_random_factors(rng, n_mig))}
 
 
 def plan_indices(p):
@@ -138,7 +147,7 @@ def mig(codes, index, bins=MIG_BINS):
     """
     from sklearn.metrics import mutual_info_score
 
-    v = index[:, None] // BASES % np.array(FACTOR_SIZES)  # n, 5 factor classes
+    v = _factors(index)  # n, 5 factor classes
     z = discretize(codes[index], bins)
     mi = np.array([[mutual_info_score(v[:, k], z[:, j]) for k in range(v.shape[1])]
                    for j in range(z.shape[1])])
@@ -170,7 +179,7 @@ def encode(model, data, index, batch_size=4096, log=None):
     with torch.no_grad():
         for start in range(0, len(index), batch_size):
             imgs = data.images(torch.from_numpy(index[start:start + batch_size])).to(device)
-            x = imgs.unsqueeze(1).float()
+            x = dataset.as_input(imgs)
             out += [torch.cat(model.encode(c), dim=1).cpu() for c in x.split(chunk)]
             if log:
                 log(min(start + batch_size, len(index)), len(index))
@@ -208,7 +217,7 @@ def mean_kl(index, mu, logvar, images):
 def latent_factor_mi(model, data, seed=0, n=PROTOCOL["n_mig"], batch_size=4096):
     """What traverse.py needs to name latents, without the classifier scores: the normalised
     MI (latents x factors) and each latent's KL, on MIG's n random images."""
-    images = _random_factors(np.random.default_rng(seed), n) @ BASES
+    images = _index(_random_factors(np.random.default_rng(seed), n))
     index, mu, logvar = encode_eval(model, data, images, batch_size)
     return mig(lookup(index, mu), images)["mi"], mean_kl(index, mu, logvar, images)
 
@@ -223,47 +232,73 @@ def evaluate_model(model, data, seed=0, quick=False, sample=False, batch_size=40
     scores, mi (latents x factors), kl_per_dim (mean KL of each latent on the MIG images) and
     the settings used. The model's training mode is restored; torch's RNG is not touched.
     """
+    return evaluate_seeds(model, data, [seed], quick, sample, batch_size, log, **counts)[0]
+
+
+def evaluate_seeds(model, data, seeds, quick=False, sample=False, batch_size=4096, log=None,
+                   **counts):
+    """evaluate_model for each seed, encoding every image once for all of them: a list of
+    results, each as evaluate_model's (its "seconds": the whole evaluation)."""
     t0 = time.perf_counter()
     counts = {**PROTOCOL, **(QUICK if quick else {}), **counts}
-    rng = np.random.default_rng(seed)
-    p = plan(rng, **counts)
-    drawn = plan_indices(p)
-    index, mu, logvar = encode_eval(model, data, drawn, batch_size, log)
-    codes = mu + np.exp(0.5 * logvar) * rng.standard_normal(mu.shape, np.float32) if sample else mu
-    kl = mean_kl(index, mu, logvar, p["mig"])
-    return {**score(lookup(index, codes), p), "kl_per_dim": kl, "factors": list(FACTOR_NAMES),
-            "seed": seed, "representation": "sample" if sample else "mean", "counts": counts,
-            "images_drawn": len(drawn), "images_encoded": len(index),
-            "seconds": round(time.perf_counter() - t0, 2)}
+    rngs = [np.random.default_rng(seed) for seed in seeds]
+    plans = [plan(rng, **counts) for rng in rngs]
+    drawn = [plan_indices(p) for p in plans]
+    index, mu, logvar = encode_eval(model, data, np.concatenate(drawn), batch_size, log)
+    results = []
+    for seed, rng, p, d in zip(seeds, rngs, plans, drawn):
+        own = np.unique(d)  # this seed's images, as if it had been evaluated alone
+        at = np.searchsorted(index, own)
+        m, lv = mu[at], logvar[at]
+        codes = m + np.exp(0.5 * lv) * rng.standard_normal(m.shape, np.float32) if sample else m
+        results.append({**score(lookup(own, codes), p), "kl_per_dim": mean_kl(own, m, lv, p["mig"]),
+                        "factors": list(FACTOR_NAMES), "seed": seed,
+                        "representation": "sample" if sample else "mean", "counts": counts,
+                        "images_drawn": len(d), "images_encoded": len(own)})
+    for r in results:
+        r["seconds"] = round(time.perf_counter() - t0, 2)
+    return results
+
+
+SCORES = {"β-VAE score (Higgins 2017)": lambda r: r["beta_vae"]["eval_accuracy"],
+          "FactorVAE score (Kim 2018)": lambda r: r["factor_vae"]["eval_accuracy"],
+          "MIG (Chen 2018)": lambda r: r["mig"],
+          "MIG without shape": lambda r: r["mig_no_shape"]}
+
+
+def summary(results):
+    """Each score's mean and standard deviation (ddof 0) over the results of several seeds."""
+    return {name: (float(np.mean([get(r) for r in results])),
+                   float(np.std([get(r) for r in results]))) for name, get in SCORES.items()}
 
 
 # ---------------------------------------------------------------- report
 
-def table(result):
-    """The scores as a small text table."""
-    b, f = result["beta_vae"], result["factor_vae"]
-    rows = [("β-VAE score (Higgins 2017)", b["train_accuracy"], b["eval_accuracy"],
-             "" if b["converged"] else "logistic regression did not converge"),
-            ("FactorVAE score (Kim 2018)", f["train_accuracy"], f["eval_accuracy"],
-             f"{f['num_active_dims']}/{len(result['kl_per_dim'])} active latents"),
-            ("MIG (Chen 2018)", None, result["mig"], ""),
-            ("MIG without shape", None, result["mig_no_shape"], "")]
-    lines = [f"{'score':28s} {'train':>6s} {'eval':>6s}"]
-    for name, tr, ev, note in rows:
-        train_text = "" if tr is None else f"{tr:.3f}"
-        lines.append(f"{name:28s} {train_text:>6s} {ev:6.3f}  {note}".rstrip())
+def table(results):
+    """The scores as a small text table; over several seeds, the mean and its spread."""
+    first, spread = results[0], len(results) > 1
+    train = {"β-VAE score (Higgins 2017)": "beta_vae", "FactorVAE score (Kim 2018)": "factor_vae"}
+    notes = {"β-VAE score (Higgins 2017)": "" if all(r["beta_vae"]["converged"] for r in results)
+             else "logistic regression did not converge",
+             "FactorVAE score (Kim 2018)": f"{first['factor_vae']['num_active_dims']}/"
+                                           f"{len(first['kl_per_dim'])} active latents"}
+    lines = [f"{'score':28s} {'train':>6s} {'eval':>6s}" + ("   std" if spread else "")]
+    for name, (mean, std) in summary(results).items():
+        tr = f"{np.mean([r[train[name]]['train_accuracy'] for r in results]):.3f}" if (
+            name in train) else ""
+        lines.append(f"{name:28s} {tr:>6s} {mean:6.3f}" + (f" {std:5.3f}" if spread else "") +
+                     f"  {notes.get(name, '')}".rstrip())
     return "\n".join(lines)
 
 
 def plot_mi(result, path):
     """Heatmap of I(z_j; v_k) / H(v_k), latents (sorted by KL, largest first) x factors."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     mi, kl = np.array(result["mi"]), np.array(result["kl_per_dim"])
     order = np.argsort(-kl, kind="stable")
-    fig, ax = plt.subplots(figsize=(6, 1.2 + 0.4 * len(order)))
+    fig = Figure(figsize=(6, 1.2 + 0.4 * len(order)))
+    ax = fig.subplots()
     im = ax.imshow(mi[order], cmap="viridis", vmin=0, vmax=1, aspect="auto")
     for i, row in enumerate(mi[order]):
         for k, value in enumerate(row):
@@ -274,7 +309,6 @@ def plot_mi(result, path):
     ax.set_title(f"normalised MI I(z; v) / H(v); MIG {result['mig']:.3f}", fontsize=10)
     fig.colorbar(im, ax=ax)
     fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
 
 
 def build_parser():
@@ -282,8 +316,10 @@ def build_parser():
                                             "a trained β-VAE on dSprites.")
     p.add_argument("ckpt", help="checkpoint written by train.py (or its run folder); results "
                                 "are written next to it")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of the sampling plan (and of --sample's noise) (default: 0)")
+    p.add_argument("--seed", type=int, nargs="+", default=[0],
+                   help="seed(s) of the sampling plan (and of --sample's noise); several give "
+                        "each score's mean and std over them, every image encoded once "
+                        "(default: 0)")
     p.add_argument("--quick", action="store_true",
                    help="β-VAE 1,000/500 train/eval points and FactorVAE 1,000/500 votes "
                         "instead of 10,000/5,000; MIG and the variance estimate keep 10,000 "
@@ -292,8 +328,7 @@ def build_parser():
                    help="represent each image by a posterior sample instead of the encoder mean "
                         "(default: off, mean)")
     dataset.add_data_argument(p)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
-                   help="auto picks cuda, then mps, then cpu (default: auto)")
+    checkpoint.add_device_argument(p)
     p.add_argument("--batch-size", type=int, default=4096,
                    help="images drawn and encoded per batch; on CPU the encoder takes them 64 at "
                         "a time (default: 4096)")
@@ -303,18 +338,17 @@ def build_parser():
 def main(argv=None, **counts):
     """The command line; counts (plan() keywords) are for tests only and override --quick."""
     args = build_parser().parse_args(argv)
-    if args.batch_size < 1:
-        raise UserError("--batch-size must be at least 1")
-    if args.seed < 0:
-        raise UserError("--seed must be non-negative")
-    device = pick_device(args.device)
+    require("batch-size", args.batch_size, 1)
+    for seed in args.seed:
+        require("seed", seed, 0, high=2**32 - 1)
+    device = checkpoint.pick_device(args.device)
     path = Path(args.ckpt)
     out = path if path.is_dir() else path.parent
-    ckpt = load_checkpoint(path)
-    model = model_from_checkpoint(ckpt, device)
+    ckpt = checkpoint.load(path)
+    model = checkpoint.rebuild_model(ckpt, device)
     data = dataset.load(args.data, device=device)
     print(f"evaluating {path} (step {ckpt['step']}) on {device}: "
-          f"{'quick' if args.quick else 'full'} protocol, seed {args.seed}, "
+          f"{'quick' if args.quick else 'full'} protocol, seed {', '.join(map(str, args.seed))}, "
           f"{'posterior sample' if args.sample else 'encoder mean'}")
     tty = sys.stdout.isatty()
 
@@ -325,16 +359,22 @@ def main(argv=None, **counts):
         elif done == total or done <= args.batch_size:
             print(line, flush=True)
 
-    result = evaluate_model(model, data, args.seed, args.quick, args.sample, args.batch_size,
-                            log, **counts)
+    results = evaluate_seeds(model, data, args.seed, args.quick, args.sample, args.batch_size,
+                             log, **counts)
+    # The first seed's result in full; with several seeds, every seed's scores and their spread.
     metrics = {"checkpoint": str(path), "step": ckpt["step"], "device": str(device),
                "data": "rendered" if data.source == "rendered" else
-               str(args.data or dataset.DEFAULT_PATH), "quick": args.quick, **result}
+               str(args.data or dataset.DEFAULT_PATH), "quick": args.quick, **results[0]}
+    if len(results) > 1:
+        metrics["by_seed"] = [{"seed": r["seed"], **{name: get(r) for name, get in SCORES.items()}}
+                              for r in results]
+        metrics["mean_std"] = summary(results)
     with open(out / "metrics.json", "w") as f:
         json.dump(metrics, f, indent=1)
-    plot_mi(result, out / "latent_factor_mi.png")
-    print(f"done in {result['seconds']:.0f} s ({result['images_drawn']:,} image draws)\n")
-    print(table(result))
+    plot_mi(results[0], out / "latent_factor_mi.png")
+    print(f"done in {results[0]['seconds']:.0f} s "
+          f"({sum(r['images_drawn'] for r in results):,} image draws)\n")
+    print(table(results))
     print(f"\nwrote {out / 'metrics.json'} and {out / 'latent_factor_mi.png'}")
     return 0
 

@@ -25,15 +25,16 @@ def kl_per_dim(mu, logvar):
     return 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1).mean(0)
 
 
-def capacity(step, c_max, c_steps):
-    """Burgess et al.'s target KL C: raised linearly from 0 to c_max nats over c_steps steps."""
-    return c_max * min(step / c_steps, 1.0)
+def linear_ramp(step, final, steps):
+    """final * min(step / steps, 1): 0 at step 0, `final` from step `steps` on (steps 0: always
+    final). Burgess et al.'s capacity C (eq. 8), and the warm-up of β."""
+    return final * min(step / steps, 1.0) if steps else final
 
 
 def beta_vae_loss(logits, x, mu, logvar, objective="H", beta=4.0, gamma=1000.0, c=0.0):
     """Total loss and its parts: dict(loss, recon, kl, kl_per_dim).
 
-    objective "H": recon + beta * KL.  objective "B": recon + gamma * |KL - c| (c: capacity()).
+    objective "H": recon + beta * KL.  objective "B": recon + gamma * |KL - c| (c: linear_ramp()).
     """
     recon = reconstruction_loss(logits, x)
     kl_dims = kl_per_dim(mu, logvar)

@@ -1,18 +1,17 @@
 """Train a β-VAE on dSprites.
 
     python train.py --beta 4 --epochs 30                  # Higgins et al.'s objective, β = 4
-    python train.py --beta 4 --epochs 30 --device cuda    # batch 2048: 108 s on one H200
     python train.py --beta 4 --epochs 1 --max-steps 200   # a quick run: stops after 200 steps
     python train.py --objective B --gamma 1000 --c-max 25 # Burgess et al.'s capacity objective
     python train.py --resume runs/beta4_H_z10_seed0       # continue where a run stopped
     python train.py --beta 4 --epochs 30 --eval-every 5   # disentanglement scores every 5 epochs
 
 Writes into the run folder: ckpt.pt (everything needed to rebuild the model or resume),
-losses.csv (one row per --log-every steps) and loss_curve.png (redrawn at each epoch end).
+losses.csv (one row per --log-every steps), loss_curve.png (redrawn at each epoch end) and, with
+--eval-every, scores.csv. The folder is locked while a run writes to it.
 """
 import argparse
 import csv
-import ctypes
 import math
 import os
 import signal
@@ -22,15 +21,20 @@ from pathlib import Path
 
 import torch
 
+import checkpoint
 import dataset
-from dataset import UserError
-from loss import beta_vae_loss, capacity
+import evaluate
+import speed
+from dataset import UserError, require
+from loss import beta_vae_loss, linear_ramp
 from model import BetaVAE
 
-# Flags that may change when resuming (a lower --lr rescues a diverged run); every other
-# flag is fixed by the stored run.
+# Flags a resumed run takes from the command line (a lower --lr rescues a diverged run); every
+# other flag is fixed by the stored run, and giving it another value is an error.
 RESUMABLE = {"resume", "epochs", "max_steps", "lr", "device", "ckpt_every", "log_every",
              "eval_every", "data", "download"}
+# Flags added after runs were stored: the value those runs were trained with.
+LEGACY = {"init": "pytorch", "warmup_steps": 0}
 
 
 def build_parser():
@@ -54,14 +58,13 @@ def build_parser():
     p.add_argument("--epochs", type=int, default=30, help="passes over the 737,280 images (default: 30)")
     p.add_argument("--max-steps", type=int, default=None,
                    help="stop after this many optimizer steps in all (default: no limit)")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="images per step (default: 64 on CPU and MPS, 2048 on CUDA)")
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="images per step, on every device (default: 64, as in the papers)")
     p.add_argument("--lr", type=float, default=None,
                    help="Adam learning rate (default: 5e-4 at batch 64, scaled by "
-                        "sqrt(batch / 64): 2.8e-3 at batch 2048)")
+                        "sqrt(batch / 64) for other batch sizes)")
     p.add_argument("--seed", type=int, default=0, help="seed for weights, order and noise (default: 0)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
-                   help="auto picks cuda, then mps, then cpu (default: auto)")
+    checkpoint.add_device_argument(p)
     dataset.add_data_argument(p)
     p.add_argument("--download", action="store_true",
                    help="download the official file into data/ first (default: off)")
@@ -80,47 +83,10 @@ def build_parser():
     return p
 
 
-def pick_device(name):
-    """The torch device for --device; a clear error when the one asked for is missing."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: CUDA is not available here; use --device cpu or auto")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise UserError("--device mps: MPS is not available here; use --device cpu or auto")
-    return torch.device(name)
-
-
-def default_batch_size(device):
-    """64 as in Burgess et al. on CPU; a GPU needs far larger batches to be kept busy."""
-    return 2048 if device.type == "cuda" else 64
-
-
 def default_lr(batch_size):
     """5e-4 at batch 64, scaled by sqrt(batch / 64): the square-root rule for Adam
     (Malladi et al. 2022, "On the SDEs and scaling rules for adaptive gradient algorithms")."""
     return 5e-4 * math.sqrt(batch_size / 64)
-
-
-def speed_settings(device):
-    """Process-wide settings for speed, the same for train.py and bench.py; the math is unchanged.
-
-    CPU: glibc returns every freed block over 128 KB to the OS, so the activations of each step
-    (8 MB for one 32x32x32 layer at batch 64) are page-faulted in anew, step after step; on a
-    2-core CPU that costs about a quarter of the step. Blocks below 32 MB now stay in the heap
-    (a no-op where the C library is not glibc: macOS, Windows, musl).
-    CUDA: the shapes never change, so cuDNN times its kernels once and keeps the fastest.
-    """
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: blocks below 32 MB come from the heap
-    libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD: keep up to 256 MB of freed heap
 
 
 def default_run_name(args):
@@ -129,141 +95,27 @@ def default_run_name(args):
     return f"B_gamma{args.gamma:g}_c{args.c_max:g}_z{args.latent_dim}_seed{args.seed}"
 
 
-# ---------------------------------------------------------------- checkpoints
-
-def save_checkpoint(path, ckpt):
-    """Write atomically (temp file + rename): a crash mid-write never leaves a broken ckpt.pt."""
-    tmp = Path(str(path) + ".tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path, device="cpu"):
-    """Read a ckpt.pt written by this script (a run folder works too); UserError otherwise."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "ckpt.pt"
-    if not path.is_file():
-        raise UserError(f"no checkpoint at {path}")
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:  # torch raises many types for a damaged or foreign file
-        raise UserError(f"{path} is not a readable checkpoint: damaged, truncated or not "
-                        f"written by train.py ({type(e).__name__})") from e
-    missing = {"model_args", "model", "optimizer", "step", "args"} - set(ckpt if isinstance(ckpt, dict) else {})
-    if missing:
-        raise UserError(f"{path} is not a checkpoint of train.py: missing {sorted(missing)}")
-    return ckpt
-
-
-def model_from_checkpoint(ckpt, device="cpu"):
-    """Rebuild the trained model from a checkpoint dict alone (eval mode: z = μ)."""
-    model = BetaVAE(**ckpt["model_args"])
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval()
-
-
-# ---------------------------------------------------------------- logging
-
-def csv_columns(latent_dim):
-    return ["step", "epoch", "loss", "recon", "kl", "c"] + [f"kl_z{k}" for k in range(latent_dim)]
-
-
-def truncate_log(path, step):
-    """On resume, drop rows logged after the checkpoint: those steps are trained again."""
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    with open(path, "w", newline="") as f:
-        csv.writer(f).writerows([rows[0]] + [r for r in rows[1:] if int(r[0]) <= step])
-
-
-def plot_losses(csv_path, png_path):
-    """loss_curve.png: total, reconstruction and KL over steps; each latent's KL beside."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with open(csv_path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        return
-    steps = [int(r["step"]) for r in rows]
-    col = lambda name: [float(r[name]) for r in rows]  # noqa: E731
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
-    for name in ("loss", "recon", "kl"):
-        ax1.plot(steps, col(name), label={"loss": "total", "recon": "reconstruction",
-                                           "kl": "KL"}[name])
-    ax1.set(xlabel="step", ylabel="nats per image", yscale="log", title="β-VAE loss")
-    ax1.legend()
-    for name in [k for k in rows[0] if k.startswith("kl_z")]:
-        ax2.plot(steps, col(name), label=name[3:])
-    ax2.set(xlabel="step", ylabel="KL (nats)", title="KL per latent dimension")
-    ax2.legend(ncol=2, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
-    plt.close(fig)
-
-
-class StopFlag:
-    """Ctrl-C and SIGTERM set a flag; the loop checkpoints at the next step and exits."""
-
-    def __init__(self):
-        self.signum = None
-        for s in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(s, self._set)
-
-    def _set(self, signum, frame):
-        self.signum = signum
-
-
-# ---------------------------------------------------------------- training
-
-def epoch_order(seed, epoch, n):
-    """The shuffled image order of one epoch, a function of (seed, epoch) alone, so a resumed
-    run sees exactly the batches it would have seen."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-
-
-def build(latent_dim, lr, device, init="he"):
-    """Model and optimizer: the one place where layout and precision are chosen for speed.
-
-    channels_last lets oneDNN (CPU) and cuDNN (GPU) pick their fast convolution kernels; on
-    CUDA, train_step runs the model under bf16 autocast. Fused Adam (CPU, CUDA) updates all
-    0.5 M parameters in one kernel instead of ~10 per parameter tensor (0.5 vs 3 ms a step on
-    a 2-core CPU). None of these changes the math.
-    """
-    model = BetaVAE(latent_dim=latent_dim)  # He init (model.init_weights)
-    if init == "pytorch":
-        for m in model.modules():
-            if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear)):
-                m.reset_parameters()
-    model = model.to(device, memory_format=torch.channels_last)
-    return model, torch.optim.Adam(model.parameters(), lr=lr, fused=device.type in ("cpu", "cuda"))
-
-
-def train_step(model, opt, imgs, args, c, beta):
-    """One optimizer step on a uint8 batch; returns the loss parts as tensors (no host sync)."""
-    x = imgs.unsqueeze(1).float()  # B, 1, 64, 64: converted here, one batch at a time
-    with torch.autocast(x.device.type, torch.bfloat16, enabled=x.device.type == "cuda"):
-        logits, mu, logvar = model(x)
-    # The loss in fp32: BCE summed over 4096 pixels would lose precision in bf16.
-    parts = beta_vae_loss(logits.float(), x, mu.float(), logvar.float(), args.objective,
-                          beta, args.gamma, c)
-    opt.zero_grad(set_to_none=True)
-    parts["loss"].backward()
-    opt.step()
-    return {k: v.detach() for k, v in parts.items()}
-
-
-# Flags added after runs were stored: the value those runs were trained with.
-LEGACY = {"init": "pytorch", "warmup_steps": 0}
+def check_args(args):
+    """Every number in its range, before any work: a UserError naming the flag otherwise."""
+    require("beta", args.beta, 0)
+    require("gamma", args.gamma, 0, strict=True)
+    require("c-max", args.c_max, 0)
+    if args.lr is not None:  # None: the default, which follows the batch size
+        require("lr", args.lr, 0, strict=True)
+    require("seed", args.seed, 0, high=2**31 - 1)
+    for flag in ("epochs", "batch_size", "latent_dim", "log_every", "ckpt_every", "c_steps"):
+        require(flag, getattr(args, flag), 1)
+    if args.max_steps is not None:
+        require("max-steps", args.max_steps, 1)
+    require("warmup-steps", args.warmup_steps, 0)
+    require("eval-every", args.eval_every, 0)
 
 
 def resolve_args(args, parser, argv):
     """For --resume: the stored run's arguments, with the RESUMABLE flags given on the command
     line (whatever their value); any other flag given with a value unlike the stored run's is an
     error, not ignored."""
-    ckpt = load_checkpoint(args.resume)
+    ckpt = checkpoint.load(args.resume)
     stored = {**LEGACY, **ckpt["args"]}
     resume = Path(args.resume)
     stored["out"] = str(resume if resume.is_dir() else resume.parent)  # the folder may have moved
@@ -282,101 +134,98 @@ def resolve_args(args, parser, argv):
     return argparse.Namespace(**stored), ckpt
 
 
-def train(args, ckpt=None):
-    device = pick_device(args.device)
-    speed_settings(device)
-    torch.manual_seed(args.seed)
-    data = dataset.load(args.data, args.download, device)
-    out = Path(args.out)
-    model, opt = build(args.latent_dim, args.lr, device, args.init)
-    step = 0
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        for group in opt.param_groups:  # the stored state carries the old rate; --lr wins
-            group["lr"] = args.lr
-        step = ckpt["step"]
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
-        truncate_log(out / "losses.csv", step)
-        print(f"resumed {out} at step {step}")
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        with open(out / "losses.csv", "w", newline="") as f:
-            csv.writer(f).writerow(csv_columns(args.latent_dim))
-
-    steps_per_epoch = len(data) // args.batch_size
-    total = args.epochs * steps_per_epoch
-    if args.max_steps is not None:
-        total = min(total, args.max_steps)
-
-    def checkpoint():
-        if not all(torch.isfinite(p).all() for p in model.parameters()):
-            raise diverged(out, f"weights became non-finite near step {step}")
-        save_checkpoint(out / "ckpt.pt", {
-            "model_args": model.config, "model": model.state_dict(),
-            "optimizer": opt.state_dict(), "step": step, "epoch": step / steps_per_epoch,
-            "args": vars(args),
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None},
-        })
-
-    stop = StopFlag()
-    print(f"training on {device}: {total - step} steps to go ({step}/{total}), "
-          f"batch {args.batch_size}, {steps_per_epoch} steps per epoch -> {out}")
-    sums, n_sum, t_log, step_log = None, 0, time.perf_counter(), step
-    while step < total:
-        epoch, pos = divmod(step, steps_per_epoch)
-        # On the device: slicing it there costs no host-device copy (and no sync) per step.
-        order = epoch_order(args.seed, epoch, len(data)).to(device)
-        while pos < steps_per_epoch and step < total:
-            batch = order[pos * args.batch_size:(pos + 1) * args.batch_size]
-            c = capacity(step, args.c_max, args.c_steps) if args.objective == "B" else 0.0
-            beta = capacity(step, args.beta, args.warmup_steps) if args.warmup_steps else args.beta
-            parts = train_step(model, opt, data.images(batch), args, c, beta)
-            sums = parts if sums is None else {k: sums[k] + v for k, v in parts.items()}
-            n_sum += 1
-            step, pos = step + 1, pos + 1
-            at_epoch_end = pos == steps_per_epoch or step == total
-            due_ckpt = step % args.ckpt_every == 0 or at_epoch_end or stop.signum
-            if step % args.log_every == 0 or due_ckpt:  # a checkpoint is written only after a check
-                means = {k: v / n_sum for k, v in sums.items()}
-                if not all(torch.isfinite(v).all() for v in means.values()):
-                    raise diverged(out, f"loss is {means['loss'].item()} near step {step}")
-                now = time.perf_counter()
-                rate = (step - step_log) * args.batch_size / (now - t_log)
-                log_row(out / "losses.csv", step, step / steps_per_epoch, means, c)
-                progress(step, total, epoch, args.epochs, means, rate)
-                sums, n_sum, t_log, step_log = None, 0, now, step
-            if due_ckpt:
-                checkpoint()
-            if at_epoch_end:
-                plot_losses(out / "losses.csv", out / "loss_curve.png")
-                print(f"\nepoch {epoch + 1}/{args.epochs} done at step {step}: "
-                      f"wrote {out / 'ckpt.pt'} and {out / 'loss_curve.png'}")
-                if args.eval_every and ((epoch + 1) % args.eval_every == 0 or step == total):
-                    log_scores(out / "scores.csv", step, model, data, args.seed)
-            if stop.signum:
-                name = signal.Signals(stop.signum).name
-                print(f"\n{name}: stopped at step {step}; checkpoint saved. Continue with: "
-                      f"python train.py --resume {out}")
-                return 128 + stop.signum
-    print(f"done: {step} steps; model in {out / 'ckpt.pt'}")
-    return 0
+def train_step(model, opt, imgs, *, objective="H", beta=4.0, gamma=1000.0, c=0.0):
+    """One optimizer step on a uint8 batch; returns the loss parts as tensors (no host sync)."""
+    x = dataset.as_input(imgs)  # B, 1, 64, 64
+    with torch.autocast(x.device.type, torch.bfloat16, enabled=x.device.type == "cuda"):
+        logits, mu, logvar = model(x)
+    # The loss in fp32: BCE summed over 4096 pixels would lose precision in bf16.
+    parts = beta_vae_loss(logits.float(), x, mu.float(), logvar.float(), objective=objective,
+                          beta=beta, gamma=gamma, c=c)
+    opt.zero_grad(set_to_none=True)
+    parts["loss"].backward()
+    opt.step()
+    return {k: v.detach() for k, v in parts.items()}
 
 
-def diverged(out, what):
-    """The error for a NaN/inf: training stops and the last checkpoint (if any) stays as it was."""
-    ckpt = out / "ckpt.pt"
-    kept = f"{ckpt} keeps the last good state" if ckpt.exists() else "no checkpoint was written"
-    return UserError(f"{what}; stopped. {kept} (try a lower --lr)")
+# ---------------------------------------------------------------- run folder
+
+class RunLock:
+    """<run>/train.lock holds the writing process's id while a run writes to the folder."""
+
+    def __init__(self, out):
+        self.path = Path(out) / "train.lock"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            pid = self.path.read_text().strip()
+            if pid.isdigit() and _alive(int(pid)):
+                raise UserError(f"{out} is in use by a run (process {pid}); wait for it, stop "
+                                f"it, or choose another --out") from None
+            print(f"note: taking over the lock of a run that is gone (process {pid or '?'})")
+            fd = os.open(self.path, os.O_WRONLY | os.O_TRUNC)
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+
+    def release(self):
+        self.path.unlink(missing_ok=True)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    return True
+
+
+def csv_columns(latent_dim):
+    return ["step", "epoch", "loss", "recon", "kl", "c"] + [f"kl_z{k}" for k in range(latent_dim)]
+
+
+def truncate_log(path, step):
+    """On resume, drop rows logged after the checkpoint: those steps are trained again."""
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([rows[0]] + [r for r in rows[1:] if int(r[0]) <= step])
+
+
+def log_row(path, step, epoch, means, c):
+    with open(path, "a", newline="") as f:
+        csv.writer(f).writerow([step, f"{epoch:.4f}"] + [
+            f"{means[k].item():.4f}" for k in ("loss", "recon", "kl")] + [f"{c:.3f}"] + [
+            f"{v:.4f}" for v in means["kl_per_dim"].tolist()])
+
+
+def plot_losses(csv_path, png_path):
+    """loss_curve.png: total, reconstruction and KL over steps; each latent's KL beside."""
+    from matplotlib.figure import Figure
+
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    steps = [int(r["step"]) for r in rows]
+    col = lambda name: [float(r[name]) for r in rows]  # noqa: E731
+    fig = Figure(figsize=(12, 4.2), layout="tight")
+    ax1, ax2 = fig.subplots(1, 2)
+    for name, label in (("loss", "total"), ("recon", "reconstruction"), ("kl", "KL")):
+        ax1.plot(steps, col(name), label=label)
+    ax1.set(xlabel="step", ylabel="nats per image", yscale="log", title="β-VAE loss")
+    ax1.legend()
+    for name in [k for k in rows[0] if k.startswith("kl_z")]:
+        ax2.plot(steps, col(name), label=name[3:])
+    ax2.set(xlabel="step", ylabel="KL (nats)", title="KL per latent dimension")
+    ax2.legend(ncol=2, fontsize=8)
+    fig.savefig(png_path, dpi=100)
 
 
 def log_scores(path, step, model, data, seed):
     """evaluate.py's quick protocol on the current model, appended to scores.csv."""
-    import evaluate  # here, not at the top: evaluate.py imports this module
-
     r = evaluate.evaluate_model(model, data, seed=seed, quick=True)
     row = {"step": step, "beta_vae": r["beta_vae"]["eval_accuracy"],
            "factor_vae": r["factor_vae"]["eval_accuracy"], "mig": r["mig"],
@@ -392,24 +241,157 @@ def log_scores(path, step, model, data, seed):
           f" ({row['seconds']:.0f} s) -> {path}")
 
 
-def log_row(path, step, epoch, means, c):
-    with open(path, "a", newline="") as f:
-        csv.writer(f).writerow([step, f"{epoch:.4f}"] + [
-            f"{means[k].item():.4f}" for k in ("loss", "recon", "kl")] + [f"{c:.3f}"] + [
-            f"{v:.4f}" for v in means["kl_per_dim"].tolist()])
+def clock(seconds):
+    """1:02:03 or 2:03."""
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-def progress(step, total, epoch, epochs, means, rate):
+def progress(step, total, epoch, epochs, means, rate, elapsed, left):
     """One progress line: redrawn in place on a terminal, one line per log elsewhere."""
     done = int(30 * step / total)
     line = (f"epoch {epoch + 1}/{epochs} [{'#' * done}{'.' * (30 - done)}] step {step}/{total} "
             f"loss {means['loss'].item():.2f} recon {means['recon'].item():.2f} "
-            f"kl {means['kl'].item():.2f} | {rate:,.0f} img/s")
+            f"kl {means['kl'].item():.2f} | {rate:,.0f} img/s | {clock(elapsed)} elapsed, "
+            f"{clock(left)} left")
     print("\r" + line if sys.stdout.isatty() else line, end="" if sys.stdout.isatty() else "\n",
           flush=True)
 
 
+def diverged(out, what):
+    """The error for a NaN/inf: training stops and the last checkpoint (if any) stays as it was."""
+    ckpt = out / "ckpt.pt"
+    kept = f"{ckpt} keeps the last good state" if ckpt.exists() else "no checkpoint was written"
+    return UserError(f"{what}; stopped. {kept} (try a lower --lr)")
+
+
+class StopFlag:
+    """Ctrl-C and SIGTERM set a flag; the loop checkpoints at the next step and exits."""
+
+    def __init__(self):
+        self.signum = None
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, self._set)
+
+    def _set(self, signum, frame):
+        self.signum = signum
+
+
+# ---------------------------------------------------------------- training
+
+def train(args, ckpt=None, started=None):
+    """The training loop; `ckpt` continues a stored run. Returns the exit status."""
+    started = time.perf_counter() if started is None else started
+    device = checkpoint.pick_device(args.device)
+    speed.process_settings(device)
+    torch.manual_seed(args.seed)
+    out = Path(args.out)
+    lock = RunLock(out)
+    try:
+        data = dataset.load(args.data, args.download, device)
+        model = BetaVAE(latent_dim=args.latent_dim)  # He init (model.init_weights)
+        if args.init == "pytorch":
+            for m in model.modules():
+                if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear)):
+                    m.reset_parameters()
+        model = speed.fast_model(model, device)
+        opt = speed.adam(model, args.lr, device)
+        step = 0
+        if ckpt is not None:
+            model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+            for group in opt.param_groups:  # the stored state carries the old rate; --lr wins
+                group["lr"] = args.lr
+            step = ckpt["step"]
+            torch.set_rng_state(ckpt["rng"]["torch"])
+            if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
+                torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
+            truncate_log(out / "losses.csv", step)
+            print(f"resumed {out} at step {step}")
+        else:
+            with open(out / "losses.csv", "w", newline="") as f:
+                csv.writer(f).writerow(csv_columns(args.latent_dim))
+        steps_per_epoch = len(data) // args.batch_size
+        total = args.epochs * steps_per_epoch
+        if args.max_steps is not None:
+            total = min(total, args.max_steps)
+        print(f"training on {device}: {total - step} steps to go ({step}/{total}), "
+              f"batch {args.batch_size}, {steps_per_epoch} steps per epoch -> {out}")
+
+        stop = StopFlag()
+        t0, step0 = time.perf_counter(), step  # for the time left
+        sums, t_log, step_log, order = None, t0, step, None
+        while step < total:
+            epoch, pos = divmod(step, steps_per_epoch)
+            if pos == 0 or order is None:  # on the device: slicing there costs no copy per step
+                order = dataset.epoch_order(args.seed, epoch, len(data)).to(device)
+            batch = order[pos * args.batch_size:(pos + 1) * args.batch_size]
+            beta = linear_ramp(step, args.beta, args.warmup_steps)
+            c = linear_ramp(step, args.c_max, args.c_steps) if args.objective == "B" else 0.0
+            parts = train_step(model, opt, data.images(batch), objective=args.objective,
+                               beta=beta, gamma=args.gamma, c=c)
+            sums = parts if sums is None else {k: sums[k] + v for k, v in parts.items()}
+            step += 1
+            if step == step0 + 1:
+                print(f"first step done {time.perf_counter() - started:.1f} s after start")
+            epoch_end = step % steps_per_epoch == 0 or step == total
+            save_now = step % args.ckpt_every == 0 or epoch_end or stop.signum
+
+            # Log: a losses.csv row and the progress line; always before a checkpoint, whose
+            # weights are written only after the loss was seen to be finite.
+            if step % args.log_every == 0 or save_now:
+                means = {k: v / (step - step_log) for k, v in sums.items()}
+                if not all(torch.isfinite(v).all() for v in means.values()):
+                    raise diverged(out, f"loss is {means['loss'].item()} near step {step}")
+                now = time.perf_counter()
+                log_row(out / "losses.csv", step, step / steps_per_epoch, means, c)
+                progress(step, total, epoch, args.epochs, means,
+                         (step - step_log) * args.batch_size / (now - t_log),
+                         now - t0, (total - step) * (now - t0) / (step - step0))
+                sums, t_log, step_log = None, now, step
+
+            if save_now:
+                if not all(torch.isfinite(p).all() for p in model.parameters()):
+                    raise diverged(out, f"weights became non-finite near step {step}")
+                checkpoint.save(out / "ckpt.pt", {
+                    "model_args": model.config, "model": model.state_dict(),
+                    "optimizer": opt.state_dict(), "step": step, "args": vars(args),
+                    "rng": {"torch": torch.get_rng_state(),
+                            "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None},
+                })
+
+            if epoch_end:
+                plot_losses(out / "losses.csv", out / "loss_curve.png")
+                print(f"\nepoch {epoch + 1}/{args.epochs} done at step {step}: "
+                      f"wrote {out / 'ckpt.pt'} and {out / 'loss_curve.png'}")
+                if args.eval_every and ((epoch + 1) % args.eval_every == 0 or step == total):
+                    log_scores(out / "scores.csv", step, model, data, args.seed)
+
+            if stop.signum:
+                print(f"\n{signal.Signals(stop.signum).name}: stopped at step {step}; checkpoint "
+                      f"saved. Continue with: python train.py --resume {out}")
+                return 128 + stop.signum
+        print(f"done: {step} steps; model in {out / 'ckpt.pt'}")
+        return 0
+    finally:
+        lock.release()
+
+
+def process_start():
+    """time.perf_counter() at the moment this process started, imports included (Linux, from
+    /proc); elsewhere, now."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # start time since boot
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+        return time.perf_counter() - age
+    except (OSError, ValueError, AttributeError):
+        return time.perf_counter()
+
+
 def main(argv=None):
+    started = process_start()
     parser = build_parser()
     args = parser.parse_args(argv)
     ckpt = None
@@ -420,22 +402,10 @@ def main(argv=None):
         if (Path(args.out) / "ckpt.pt").exists():
             raise UserError(f"{args.out} already holds a run; continue it with --resume "
                             f"{args.out}, or choose another --out")
-    if args.batch_size is None:  # defaults that depend on the device (a resumed run has both)
-        args.batch_size = default_batch_size(pick_device(args.device))
-    for flag in ("epochs", "batch_size", "latent_dim", "log_every", "ckpt_every", "c_steps",
-                 "max_steps"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:  # None: --max-steps not given
-            raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
-    if args.warmup_steps < 0:
-        raise UserError("--warmup-steps must be 0 (off) or a number of steps")
-    if args.eval_every < 0:
-        raise UserError("--eval-every must be 0 (off) or a number of epochs")
+    check_args(args)
     if args.lr is None:
         args.lr = default_lr(args.batch_size)
-    if not (args.lr > 0 and math.isfinite(args.lr)):
-        raise UserError("--lr must be a positive number")
-    return train(args, ckpt)
+    return train(args, ckpt, started)
 
 
 if __name__ == "__main__":

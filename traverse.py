@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import checkpoint
 import dataset
 import evaluate
-from dataset import FACTOR_NAMES, UserError
-from train import load_checkpoint, model_from_checkpoint
+from dataset import FACTOR_NAMES, UserError, require
 
 # Four fixed samples as factor classes (shape, scale, orientation, posX, posY): a square, an
 # ellipse and a heart, mid-sized and off-centre, and a small rotated heart near a corner.
@@ -31,15 +31,18 @@ UPSCALE = 2  # 64 px frames are small on a page; nearest-neighbour keeps them cr
 BAR = 6  # height in pixels of the z-position bar under each frame
 FRAME_MS = 80
 INACTIVE_KL = 0.1  # nats: a latent below this carries almost no information about the image
+MAX_FRAMES = 200  # z values per sweep: more only makes the GIFs large
 
 
 def parse_indices(text):
+    """'1,2,3' -> [1, 2, 3]: dSprites indices for --samples; a UserError otherwise."""
     try:
         index = [int(s) for s in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of indices")
-    if not all(0 <= i < dataset.NUM_IMAGES for i in index):
-        raise argparse.ArgumentTypeError(f"indices must lie in [0, {dataset.NUM_IMAGES})")
+        index = []
+    if not index or not all(0 <= i < dataset.NUM_IMAGES for i in index):
+        raise UserError(f"--samples must be comma-separated dSprites indices, each in "
+                        f"[0, {dataset.NUM_IMAGES}), got {text!r}")
     return index
 
 
@@ -112,14 +115,12 @@ def markdown_table(labels, n_rows, out, width=96):
 
 
 def write_grid(model, x, path, limit, n_frames, labels, order):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     values = torch.linspace(-limit, limit, n_frames)
     rows = [traverse(model, x[None], k, values).numpy() for k in order]
-    fig, axes = plt.subplots(len(rows), n_frames, figsize=(n_frames * 0.8, len(rows) * 0.8),
-                             squeeze=False)
+    fig = Figure(figsize=(n_frames * 0.8, len(rows) * 0.8))
+    axes = fig.subplots(len(rows), n_frames, squeeze=False)
     for k, (imgs, label) in enumerate(zip(rows, [labels[k] for k in order])):
         for j, img in enumerate(imgs):
             ax = axes[k, j]
@@ -131,17 +132,15 @@ def write_grid(model, x, path, limit, n_frames, labels, order):
                 ax.set_xlabel(f"{values[j].item():.1f}", fontsize=7)
     fig.suptitle("latent traversals (rows: latents by KL, columns: z value)", fontsize=9)
     fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
 
 
 def write_reconstructions(model, xs, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     with torch.no_grad():
         recon = torch.sigmoid(model(xs)[0])[:, 0]
-    fig, axes = plt.subplots(2, len(xs), figsize=(len(xs) * 1.3, 2.8), squeeze=False)
+    fig = Figure(figsize=(len(xs) * 1.3, 2.8))
+    axes = fig.subplots(2, len(xs), squeeze=False)
     for j in range(len(xs)):
         for i, img in enumerate((xs[j, 0], recon[j])):
             axes[i, j].imshow(img.numpy(), cmap="gray", vmin=0, vmax=1)
@@ -149,7 +148,6 @@ def write_reconstructions(model, xs, path):
     axes[0, 0].set_ylabel("input")
     axes[1, 0].set_ylabel("reconstruction")
     fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
 
 
 def main(argv=None):
@@ -160,20 +158,19 @@ def main(argv=None):
     p.add_argument("--frames", type=int, default=13, help="z values per sweep (default: 13)")
     default_samples = ",".join(
         str(i) for i in dataset.factors_to_index(torch.tensor(SAMPLES)).tolist())
-    p.add_argument("--samples", type=parse_indices, default=parse_indices(default_samples),
+    p.add_argument("--samples", default=default_samples,
                    help="comma-separated dSprites indices, one GIF row each "
                         f"(default: {default_samples}: a square, an ellipse and two hearts)")
     dataset.add_data_argument(p)
     args = p.parse_args(argv)
-    if args.frames < 2:
-        raise UserError("--frames must be at least 2")
-    if not args.limit > 0:
-        raise UserError("--limit must be positive")
+    require("frames", args.frames, 2, high=MAX_FRAMES)
+    require("limit", args.limit, 0, strict=True)
+    samples = parse_indices(args.samples)
 
-    ckpt = load_checkpoint(args.ckpt)
-    model = model_from_checkpoint(ckpt)
+    ckpt = checkpoint.load(args.ckpt)
+    model = checkpoint.rebuild_model(ckpt)
     data = dataset.load(args.data)
-    xs = data.images(torch.tensor(args.samples)).unsqueeze(1).float()  # S, 1, 64, 64
+    xs = dataset.as_input(data.images(torch.tensor(samples)))  # S, 1, 64, 64
     out = Path(args.out)
     paths = write_gifs(model, xs, out, args.limit, args.frames)
     mi, kl = latent_info(args.ckpt, ckpt["step"], model, data)
