@@ -8,11 +8,11 @@ plus the state dict rebuilds the trained model; nothing here imports train.py.
 """
 import argparse
 import os
-import sys
 from pathlib import Path
 
 import torch
 
+import dataset
 from dataset import UserError
 from model import BetaVAE
 
@@ -86,7 +86,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as e:
-        sys.exit(f"checkpoint.py: error: {e}")
+    dataset.run_script(main)

@@ -41,6 +41,14 @@ class UserError(Exception):
     """A mistake in what the user gave us (file, flag, checkpoint): one line, exit status 1."""
 
 
+def run_script(main):
+    """A script's entry point: exits with main()'s status, or with one line for a UserError."""
+    try:
+        sys.exit(main())
+    except UserError as e:
+        sys.exit(f"{Path(sys.argv[0]).name}: error: {e}")
+
+
 def require(flag, value, low, strict=False, high=math.inf):
     """A flag's number must be finite and at least `low` (above it if strict), at most `high`;
     otherwise a UserError naming the flag and its allowed range."""
@@ -351,7 +359,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as e:
-        sys.exit(f"dataset.py: error: {e}")
+    run_script(main)

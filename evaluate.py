@@ -380,7 +380,4 @@ def main(argv=None, **counts):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except UserError as e:
-        sys.exit(f"evaluate.py: error: {e}")
+    dataset.run_script(main)

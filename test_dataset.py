@@ -27,15 +27,29 @@ def test_factor_grid_and_index_order():
         assert torch.equal(classes[:, k].unique(), torch.arange(size))
 
 
-def test_sample_factors_is_seeded_and_in_range():
-    a = D.sample_factors(1000, torch.Generator().manual_seed(3))
-    b = D.sample_factors(1000, torch.Generator().manual_seed(3))
-    assert torch.equal(a, b) and a.dtype == torch.int64 and a.shape == (1000, 5)
-    assert (a >= 0).all() and (a < torch.tensor(D.FACTOR_SIZES)).all()
+def test_epoch_order_is_a_seeded_permutation():
+    a = D.epoch_order(3, 0)
+    assert torch.equal(a.sort().values, torch.arange(D.NUM_IMAGES))
+    assert torch.equal(a, D.epoch_order(3, 0))  # a resumed run sees the same batches
+    assert not torch.equal(a, D.epoch_order(3, 1)) and not torch.equal(a, D.epoch_order(4, 0))
+
+
+def test_require_names_the_flag_and_its_range():
+    D.require("beta", 0.0, 0)
+    D.require("lr", 1e-4, 0, strict=True)
+    for value, low, strict, message in [
+            (-1.0, 0, False, "--beta must be a finite number at least 0, got -1.0"),
+            (float("nan"), 0, False, "got nan"), (float("inf"), 0, False, "got inf"),
+            (0.0, 0, True, "--beta must be a finite number above 0, got 0.0")]:
+        with pytest.raises(D.UserError, match=message):
+            D.require("beta", value, low, strict=strict)
+    with pytest.raises(D.UserError, match="--max-frames must be .* at most 200, got 201"):
+        D.require("max_frames", 201, 2, high=200)
 
 
 def test_render_shape_dtype_binary_deterministic():
-    classes = D.sample_factors(300, torch.Generator().manual_seed(0))
+    classes = D.index_to_factors(torch.randint(D.NUM_IMAGES, (300,),
+                                               generator=torch.Generator().manual_seed(0)))
     img = D.render(classes)
     assert img.shape == (300, 64, 64) and img.dtype == torch.uint8
     assert set(img.unique().tolist()) <= {0, 1}
@@ -106,7 +120,8 @@ def test_rendered_source_serves_images_by_index():
     data = D.DSprites(None)
     idx = torch.tensor([0, 12345, D.NUM_IMAGES - 1])
     assert torch.equal(data.images(idx), D.render(D.index_to_factors(idx)))
-    assert torch.equal(data.images_for(D.index_to_factors(idx)), data.images(idx))
+    x = D.as_input(data.images(idx))
+    assert x.shape == (3, 1, 64, 64) and x.dtype == torch.float32
 
 
 def test_pack_bits_matches_numpy_packbits():

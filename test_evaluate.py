@@ -93,6 +93,28 @@ def test_duplicated_factor_lowers_mig(identity):
     assert dup["mig"] < base["mig"] - 0.1
 
 
+def test_mig_known_answer_for_a_latent_equal_to_a_factor(factors):
+    """A latent equal to scale's class has normalised MI 1 with it; MIG = 1 - the runner-up."""
+    noise = np.random.default_rng(4).standard_normal((NUM_IMAGES, 3))
+    # scale's 6 classes fall in 6 distinct of the 20 bins, so I(z0; scale) = H(scale) exactly.
+    codes = np.column_stack([factors[:, 1], noise]).astype(np.float32)
+    r = evaluate.mig(codes, evaluate.plan(np.random.default_rng(0), **SMALL)["mig"])
+    column = np.array(r["mi"])[:, 1]
+    assert column[0] == pytest.approx(1.0, abs=1e-6)
+    assert 0 <= column[1:].max() < 0.01
+    assert r["mig_per_factor"]["scale"] == pytest.approx(1 - column[1:].max(), abs=1e-9)
+
+
+def test_factor_vae_votes_on_normalised_variance(identity):
+    """Noisy identity latents rescaled by very different constants keep FactorVAE accuracy."""
+    noise = np.random.default_rng(5).standard_normal(identity.shape)
+    # 0.25 and 0.5 keep every global std above PRUNE_STD; 100 and 10 dwarf their local noise.
+    codes = ((identity + 0.05 * noise) * np.array([1, 100, 0.25, 10, 0.5])).astype(np.float32)
+    r = scores(codes)["factor_vae"]
+    assert r["num_active_dims"] == 5
+    assert r["eval_accuracy"] >= 0.95
+
+
 def test_permuting_latents_leaves_scores_unchanged(mixed):
     perm = np.random.default_rng(3).permutation(mixed.shape[1])
     a, b = scores(mixed), scores(mixed[:, perm])
@@ -120,6 +142,28 @@ def test_evaluate_model_is_reproducible_and_restores_mode():
     assert a == b
     assert np.array(a["mi"]).shape == (4, 5) and len(a["kl_per_dim"]) == 4
     assert a["representation"] == "sample" and a["counts"]["n_mig"] == 400
+
+
+def test_evaluate_seeds_matches_each_seed_alone():
+    """evaluate_seeds([0, 1]) encodes the union once and scores each seed as evaluated alone."""
+    torch.manual_seed(0)
+    model = BetaVAE(latent_dim=4)
+    data = dataset.DSprites(None)
+    totals = set()
+    both = evaluate.evaluate_seeds(model, data, [0, 1], sample=True,
+                                   log=lambda done, total: totals.add(total), **TINY)
+    (total,) = totals  # one encoding pass
+    assert max(r["images_encoded"] for r in both) < total < sum(r["images_encoded"] for r in both)
+    for seed, r in zip([0, 1], both):
+        alone = evaluate.evaluate_model(model, data, seed=seed, sample=True, **TINY)
+        assert r["seed"] == seed and r["images_encoded"] == alone["images_encoded"]
+        for key, exact in (("beta_vae", "converged"), ("factor_vae", "num_active_dims")):
+            assert r[key][exact] == alone[key][exact], (seed, key)
+            for acc in ("train_accuracy", "eval_accuracy"):
+                assert r[key][acc] == pytest.approx(alone[key][acc], abs=1e-5), (seed, key, acc)
+        assert r["mig"] == pytest.approx(alone["mig"], abs=1e-5)
+        assert np.array(r["mi"]) == pytest.approx(np.array(alone["mi"]), abs=1e-5)
+    assert both[0]["mi"] != both[1]["mi"]
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +197,27 @@ def test_cli_writes_metrics_and_figure(checkpoint, capsys):
                   metrics["factor_vae"]["eval_accuracy"]):
         assert 0 <= value <= 1
     assert (checkpoint.parent / "latent_factor_mi.png").stat().st_size > 1000
+
+
+def test_cli_several_seeds_writes_mean_and_std(checkpoint, capsys):
+    """--seed 0 1 2: by_seed has 3 results, mean_std their mean and std, the table a std column."""
+    assert evaluate.main([str(checkpoint), "--device", "cpu", "--seed", "0", "1", "2"],
+                         **TINY) == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads((checkpoint.parent / "metrics.json").read_text())
+    by_seed, mean_std = metrics["by_seed"], metrics["mean_std"]
+    assert [r["seed"] for r in by_seed] == [0, 1, 2] and metrics["seed"] == 0
+    assert by_seed[0]["MIG (Chen 2018)"] == metrics["mig"]
+    assert set(mean_std) == set(evaluate.SCORES)
+    for name, (mean, std) in mean_std.items():
+        values = [r[name] for r in by_seed]
+        assert (mean, std) == pytest.approx((np.mean(values), np.std(values)), abs=1e-12), name
+    assert any(std > 0 for _, std in mean_std.values())  # the seeds did differ
+    header = next(line for line in printed.splitlines() if line.startswith("score"))
+    assert header.split() == ["score", "train", "eval", "std"]
+    mig_row = next(line for line in printed.splitlines() if line.startswith("MIG (Chen"))
+    assert mig_row.split()[-2:] == [f"{mean_std['MIG (Chen 2018)'][0]:.3f}",
+                                     f"{mean_std['MIG (Chen 2018)'][1]:.3f}"]
 
 
 def test_user_errors(tmp_path):

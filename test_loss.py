@@ -1,15 +1,13 @@
-"""The ELBO parts against independent references, and the model: shapes, in-place ReLUs, UpConv."""
+"""The ELBO parts against independent references, and the model: shapes, init, sampling, ReLUs."""
 import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Bernoulli, Normal, kl_divergence
 
-from loss import beta_vae_loss, capacity, kl_per_dim, reconstruction_loss
-import model
-from model import BetaVAE, UpConv
+from loss import beta_vae_loss, kl_per_dim, linear_ramp, reconstruction_loss
+from model import BetaVAE
 
 
 def test_kl_matches_torch_distributions():
@@ -42,10 +40,52 @@ def test_objectives_combine_the_parts():
         beta_vae_loss(logits, x, mu, logvar, "C")
 
 
-def test_capacity_rises_linearly_then_holds():
-    assert capacity(0, 25, 100) == 0
-    assert capacity(50, 25, 100) == 12.5
-    assert capacity(100, 25, 100) == capacity(10_000, 25, 100) == 25
+def test_linear_ramp_rises_then_holds():
+    assert linear_ramp(0, 25, 100) == 0
+    assert linear_ramp(50, 25, 100) == 12.5
+    assert linear_ramp(100, 25, 100) == linear_ramp(10_000, 25, 100) == 25
+    assert linear_ramp(0, 4.0, 0) == 4.0  # no ramp: the final value from the start
+
+
+def fan_in(layer, shape):
+    """Inputs summed into one interior output, counted from the layer itself: with all weights
+    1, the input gradient of one output element is 1 exactly where that output reads."""
+    layer = copy.deepcopy(layer)
+    nn.init.ones_(layer.weight)
+    x = torch.zeros(shape, requires_grad=True)
+    y = layer(x)
+    y[(0,) * (y.ndim - 2) + tuple(s // 2 for s in y.shape[-2:])].backward()
+    return int((x.grad != 0).sum())
+
+
+def test_init_is_he_for_every_layer():
+    """Weight variance 2 / fan_in (He et al. 2015), biases zero, fan_in counted independently:
+    in·16 for a 4x4 conv, in for a linear layer, in·4 for a stride-2 transposed conv."""
+    torch.manual_seed(0)
+    model = BetaVAE()
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d,
+                                                           nn.Linear))]
+    assert len(layers) == 14
+    for m in layers:
+        shape = (1, m.in_features) if isinstance(m, nn.Linear) else (1, m.in_channels, 8, 8)
+        n = fan_in(m, shape)
+        assert n == {nn.Conv2d: 16, nn.Linear: 1, nn.ConvTranspose2d: 4}[type(m)] * (
+            m.in_features if isinstance(m, nn.Linear) else m.in_channels)
+        var = m.weight.var().item()
+        tol = 4 / m.weight.numel() ** 0.5  # ~4 standard errors of a variance estimate
+        assert abs(var * n / 2 - 1) < tol, (m, var, 2 / n)
+        assert m.weight.abs().max() <= (6 / n) ** 0.5 and torch.equal(m.bias, 0 * m.bias)
+
+
+def test_reparameterize_samples_n_mu_sigma():
+    """z = μ + σ ε with σ = exp(½ log σ²): the samples' mean is μ and their std σ."""
+    torch.manual_seed(0)
+    model = BetaVAE(latent_dim=3).train()
+    mu = torch.tensor([[0.5, -2.0, 0.0]]).expand(200_000, 3)
+    logvar = torch.tensor([[0.0, 2.0, -3.0]]).expand(200_000, 3)
+    z = model.reparameterize(mu, logvar)
+    torch.testing.assert_close(z.mean(0), mu[0], atol=0.02, rtol=0)
+    torch.testing.assert_close(z.std(0), (0.5 * logvar[0]).exp(), atol=0, rtol=0.01)
 
 
 def test_model_shapes_and_eval_mean():
@@ -86,44 +126,3 @@ def test_inplace_relus_change_nothing_but_memory():
     assert torch.equal(losses[0], losses[1])
     for a, b in zip(ours.parameters(), copying.parameters()):
         assert torch.equal(a.grad, b.grad)
-
-
-@pytest.mark.parametrize("c_out", [1, 3, 32])
-@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
-def test_upconv_is_a_transposed_conv(c_out, layout):
-    """UpConv's forward (overlap-add for one output channel, oneDNN otherwise) and its backward
-    (bias gradient as a sum) against F.conv_transpose2d."""
-    torch.manual_seed(0)
-    layer = UpConv(32, c_out)
-    x = torch.randn(3, 32, 16, 16).to(memory_format=layout).requires_grad_()
-    grad = torch.randn(3, c_out, 32, 32)
-    ours = layer(x)
-    ours.backward(grad)
-    got = [x.grad, layer.weight.grad, layer.bias.grad]
-    x.grad = layer.weight.grad = layer.bias.grad = None
-    ref = F.conv_transpose2d(x, layer.weight, layer.bias, stride=2, padding=1)
-    ref.backward(grad)
-    assert ours.shape == ref.shape == (3, c_out, 32, 32)
-    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
-    for g, r in zip(got, [x.grad, layer.weight.grad, layer.bias.grad]):
-        assert g is not None  # sums over 3,072 terms, in another order: fp32 rounding
-        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
-
-
-def test_upconv_off_cpu_or_under_autocast_is_the_stock_layer(monkeypatch):
-    """Elsewhere UpConv is nn.ConvTranspose2d itself: on another device ("meta" stands in for
-    CUDA here) and under CPU autocast, where the written-out forward would mix dtypes."""
-    calls = []
-    monkeypatch.setattr(model._UpConv, "apply", lambda *a: calls.append(a) or F.conv_transpose2d(
-        *a, stride=2, padding=1))
-    layer = UpConv(32, 1)
-    x = torch.randn(2, 32, 32, 32)
-    layer(x)
-    assert len(calls) == 1  # fp32 on the CPU: the written-out layer
-    assert layer.to("meta")(x.to("meta")).shape == (2, 1, 64, 64)
-    layer = UpConv(32, 1)
-    with torch.autocast("cpu", torch.bfloat16):
-        y = layer(x)
-        ref = F.conv_transpose2d(x, layer.weight, layer.bias, stride=2, padding=1)
-    assert y.dtype == torch.bfloat16 and torch.equal(y, ref)
-    assert len(calls) == 1

@@ -1,6 +1,7 @@
 """End to end on rendered data: train, checkpoint, resume, traverse, and the user's mistakes."""
 import csv
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -11,9 +12,12 @@ import imageio.v3 as iio
 import pytest
 import torch
 
+import checkpoint
 import train
 import traverse
 from dataset import UserError
+from loss import linear_ramp
+from model import BetaVAE
 
 HERE = Path(__file__).resolve().parent
 FAST = ["--batch-size", "16", "--log-every", "5", "--ckpt-every", "10", "--lr", "2e-3"]
@@ -37,10 +41,10 @@ def test_training_writes_a_run_and_the_loss_goes_down(run40):
     assert [int(r["step"]) for r in log] == list(range(5, 41, 5))
     assert list(log[0])[-1] == "kl_z9" and len(log[0]) == 6 + 10
     assert float(log[-1]["loss"]) < 0.5 * float(log[0]["loss"])  # ~3100 -> ~670
-    ckpt = train.load_checkpoint(run40)
+    ckpt = checkpoint.load(run40)
     assert ckpt["step"] == 40 and ckpt["args"]["beta"] == 4.0
     assert ckpt["model_args"] == {"latent_dim": 10, "channels": 1}
-    model = train.model_from_checkpoint(ckpt)
+    model = checkpoint.rebuild_model(ckpt)
     assert not model.training
     mu, _ = model.encode(torch.zeros(2, 1, 64, 64))
     assert mu.shape == (2, 10)
@@ -49,9 +53,9 @@ def test_training_writes_a_run_and_the_loss_goes_down(run40):
 def test_resume_continues_exactly(run40, tmp_path):
     out = tmp_path / "resumed"
     train.main(["--epochs", "1", "--max-steps", "25", "--out", str(out)] + FAST)
-    assert train.load_checkpoint(out)["step"] == 25
+    assert checkpoint.load(out)["step"] == 25
     assert train.main(["--resume", str(out / "ckpt.pt"), "--max-steps", "40"]) == 0
-    a, b = train.load_checkpoint(run40), train.load_checkpoint(out)
+    a, b = checkpoint.load(run40), checkpoint.load(out)
     assert b["step"] == 40 and b["args"]["epochs"] == 1
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
@@ -98,9 +102,9 @@ def test_user_mistakes_raise_clear_errors(run40, tmp_path):
         train.main(["--resume", str(run40), "--beta", "8"])
     with pytest.raises(UserError, match="no checkpoint at"):
         train.main(["--resume", str(tmp_path / "nothing")])
-    with pytest.raises(UserError, match="--batch-size must be at least 1"):
+    with pytest.raises(UserError, match="--batch-size must be a finite number at least 1"):
         train.main(["--batch-size", "0", "--out", str(tmp_path / "b")])
-    with pytest.raises(UserError, match="--max-steps must be at least 1"):
+    with pytest.raises(UserError, match="--max-steps must be a finite number at least 1"):
         train.main(["--max-steps", "0", "--out", str(tmp_path / "m")])
     assert not (tmp_path / "m").exists()
     if not torch.cuda.is_available():
@@ -115,17 +119,17 @@ def test_user_mistakes_raise_clear_errors(run40, tmp_path):
         traverse.main([str(tmp_path / "foreign.pt")])
 
 
-def test_batch_size_and_lr_defaults_follow_the_device(tmp_path):
-    assert train.default_batch_size(torch.device("cpu")) == 64
-    assert train.default_batch_size(torch.device("cuda")) == 2048
+def test_batch_64_and_lr_5e4_by_default_on_every_device(tmp_path):
     assert train.default_lr(64) == 5e-4 and train.default_lr(256) == pytest.approx(1e-3)
     out = tmp_path / "defaults"
     assert train.main(["--max-steps", "1", "--out", str(out), "--device", "cpu"]) == 0
-    args = train.load_checkpoint(out)["args"]
-    assert (args["batch_size"], args["lr"]) == (64, 5e-4)
+    args = checkpoint.load(out)["args"]
+    assert (args["batch_size"], args["lr"], args["init"], args["warmup_steps"]) == (
+        64, 5e-4, "he", 0)
+    assert train.build_parser().parse_args(["--device", "cuda"]).batch_size == 64
     out = tmp_path / "given"  # a batch size given alone: the rate follows it
     assert train.main(["--max-steps", "1", "--out", str(out), "--batch-size", "16"]) == 0
-    assert train.load_checkpoint(out)["args"]["lr"] == pytest.approx(2.5e-4)
+    assert checkpoint.load(out)["args"]["lr"] == pytest.approx(2.5e-4)
 
 
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -135,10 +139,10 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert not (out / "ckpt.pt").exists()
     # Diverging after a checkpoint leaves that checkpoint as it was.
     train.main(["--max-steps", "10", "--out", str(out)] + FAST)
-    good = train.load_checkpoint(out)["model"]
+    good = checkpoint.load(out)["model"]
     with pytest.raises(UserError, match="keeps the last good state"):
         train.main(["--resume", str(out), "--max-steps", "40", "--lr", "1e30"])
-    after = train.load_checkpoint(out)
+    after = checkpoint.load(out)
     assert after["step"] == 10 and all(torch.equal(good[k], after["model"][k]) for k in good)
 
 
@@ -169,7 +173,7 @@ def test_sigterm_saves_a_checkpoint_to_resume_from(tmp_path):
     stdout, _ = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM
     assert "SIGTERM: stopped at step" in stdout
-    step = train.load_checkpoint(out)["step"]
+    step = checkpoint.load(out)["step"]
     assert step >= 4 and int(rows(out)[-1]["step"]) == step
 
 
@@ -189,3 +193,181 @@ def test_eval_every_logs_scores(tmp_path, monkeypatch, capsys):
     assert [int(r["step"]) for r in scores] == [6]
     assert 0 <= float(scores[0]["mig"]) <= 1 and 0 <= float(scores[0]["beta_vae"]) <= 1
     assert "scores (quick protocol): beta_vae" in capsys.readouterr().out
+
+
+def test_resume_after_rows_logged_past_the_checkpoint_matches_a_straight_run(run40, tmp_path):
+    """A run that logged rows after its last checkpoint (killed before the next one) resumes
+    from the checkpoint: the rows past it are dropped and trained again, as in a straight run."""
+    out = tmp_path / "crashed"
+    train.main(["--epochs", "1", "--max-steps", "20", "--out", str(out)] + FAST)
+    at_20 = (out / "ckpt.pt").read_bytes()
+    train.main(["--resume", str(out), "--max-steps", "35"])  # rows 25..35 logged
+    (out / "ckpt.pt").write_bytes(at_20)  # ... but the checkpoint still at step 20
+    assert int(rows(out)[-1]["step"]) == 35
+    assert train.main(["--resume", str(out), "--max-steps", "40"]) == 0
+    assert rows(out) == rows(run40)
+    a, b = checkpoint.load(run40)["model"], checkpoint.load(out)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_applies_flags_given_with_their_default_value(tmp_path, monkeypatch):
+    """--epochs 30, --eval-every 0 and --beta 4 are the parser's defaults: given on the command
+    line they still count (resumable flags replace what the stored run had, others conflict)."""
+    monkeypatch.setattr(train, "log_scores", lambda *a: None)  # scoring is not what is tested
+    out = tmp_path / "r"
+    train.main(["--epochs", "2", "--max-steps", "2", "--eval-every", "1", "--beta", "2",
+                "--out", str(out)] + FAST)
+    args, _ = train.resolve_args(*parse(["--resume", str(out), "--epochs", "30",
+                                         "--eval-every", "0"]))
+    assert (args.epochs, args.eval_every, args.max_steps) == (30, 0, 2)
+    args, _ = train.resolve_args(*parse(["--resume", str(out)]))  # nothing given: as stored
+    assert (args.epochs, args.eval_every) == (2, 1)
+    with pytest.raises(UserError, match=r"--beta 4.0 conflicts with the run being resumed \(2.0\)"):
+        train.resolve_args(*parse(["--resume", str(out), "--beta", "4"]))
+    args, _ = train.resolve_args(*parse(["--resume", str(out), "--beta", "2"]))  # the same: fine
+    train.main(["--resume", str(out), "--epochs", "30", "--eval-every", "0", "--max-steps", "4"])
+    stored = checkpoint.load(out)
+    assert (stored["step"], stored["args"]["epochs"], stored["args"]["eval_every"]) == (4, 30, 0)
+
+
+def parse(argv):
+    parser = train.build_parser()
+    return parser.parse_args(argv), parser, argv
+
+
+def test_checkpoint_of_the_earlier_code_resumes_traverses_and_evaluates(run40, tmp_path):
+    """Checkpoints written before --init and --warmup-steps existed (and with an 'epoch' field):
+    they were trained with PyTorch's default init and no warm-up, and still load everywhere."""
+    import evaluate
+
+    old = checkpoint.load(run40)
+    for key in ("init", "warmup_steps"):
+        del old["args"][key]
+    old["epoch"] = old["step"] / 46080
+    run = tmp_path / "old"
+    run.mkdir()
+    torch.save(old, run / "ckpt.pt")
+    (run / "losses.csv").write_bytes((run40 / "losses.csv").read_bytes())
+    assert train.main(["--resume", str(run), "--max-steps", "45"]) == 0
+    new = checkpoint.load(run)
+    assert new["step"] == 45 and (new["args"]["init"], new["args"]["warmup_steps"]) == (
+        "pytorch", 0)
+    torch.save(old, run / "ckpt.pt")
+    traverse.main([str(run), "--out", str(tmp_path / "gif"), "--frames", "3"])
+    assert len(list((tmp_path / "gif").glob("*/*.gif"))) == 40
+    assert evaluate.main([str(run), "--quick"], n_beta_train=40, n_beta_eval=20,
+                         n_fvae_train=40, n_fvae_eval=20, n_variance=300, n_mig=300) == 0
+
+
+def test_objective_b_follows_the_capacity_schedule(tmp_path):
+    """Objective B trained: every row's c is C(step) of its step, and its loss is
+    recon + γ·|KL − C| (one step per row)."""
+    out = tmp_path / "b"
+    train.main(["--objective", "B", "--gamma", "50", "--c-max", "10", "--c-steps", "8",
+                "--max-steps", "12", "--out", str(out)] + FAST + ["--log-every", "1"])
+    log = rows(out)
+    assert len(log) == 12
+    for r in log:
+        step = int(r["step"])  # the row's step is the (step)-th update, made at C(step - 1)
+        assert float(r["c"]) == pytest.approx(linear_ramp(step - 1, 10, 8), abs=1e-3)
+        expected = float(r["recon"]) + 50 * abs(float(r["kl"]) - float(r["c"]))
+        assert float(r["loss"]) == pytest.approx(expected, abs=0.05)
+    assert len({r["c"] for r in log}) == 9  # 0, 1.25, ..., 10
+
+
+def test_warmup_ramps_beta(tmp_path):
+    """--warmup-steps: the update of step s weighs KL by β·min(s / N, 1) (one step per row)."""
+    out = tmp_path / "w"
+    train.main(["--beta", "4", "--warmup-steps", "4", "--max-steps", "6", "--out", str(out)]
+               + FAST + ["--log-every", "1"])
+    for r in rows(out):
+        beta = linear_ramp(int(r["step"]) - 1, 4.0, 4)
+        assert float(r["loss"]) == pytest.approx(float(r["recon"]) + beta * float(r["kl"]),
+                                                 abs=1e-3)
+
+
+def test_progress_line_shows_elapsed_time_left_and_first_step(tmp_path, capsys):
+    train.main(["--max-steps", "10", "--out", str(tmp_path / "p")] + FAST)
+    out = capsys.readouterr().out
+    assert re.search(r"first step done \d+\.\d s after start", out)
+    line = [s for s in out.splitlines() if "step 5/10" in s][0]
+    m = re.search(r"\| ([\d,]+) img/s \| (\d+):(\d\d) elapsed, (\d+):(\d\d) left$", line)
+    assert m, line
+    elapsed, left = int(m[2]) * 60 + int(m[3]), int(m[4]) * 60 + int(m[5])
+    assert left <= elapsed + 1  # half the steps done: about as much time left as spent
+
+
+def test_traverse_sweeps_the_one_latent_asked_for():
+    torch.manual_seed(0)
+    model = BetaVAE().eval()
+    x = torch.rand(1, 1, 64, 64)
+    seen = []
+    model.decode = lambda z: seen.append(z.clone()) or BetaVAE.decode(model, z)
+    values = torch.linspace(-3, 3, 7)
+    traverse.traverse(model, x, 4, values)
+    z = seen[0]
+    mu, _ = model.encode(x)
+    assert torch.equal(z[:, 4], values)
+    others = [k for k in range(10) if k != 4]
+    assert torch.equal(z[:, others], mu[:, others].expand(7, 9))
+
+
+LOCKED = "is in use by a run"
+
+
+def test_a_second_run_into_a_busy_folder_is_refused_and_a_stale_lock_taken_over(tmp_path):
+    out = tmp_path / "busy"
+    first = subprocess.Popen([sys.executable, "train.py", "--out", str(out), "--batch-size", "8",
+                              "--log-every", "2"], cwd=HERE, stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while not (out / "losses.csv").exists() or len(rows(out)) < 1:  # before any ckpt.pt
+            assert time.time() < deadline and first.poll() is None
+            time.sleep(0.2)
+        assert not (out / "ckpt.pt").exists()
+        second = run_script("train.py", "--out", str(out), "--max-steps", "2")
+        assert second.returncode == 1 and second.stderr.count("\n") == 1, second.stderr
+        assert f"{out} {LOCKED} (process {first.pid})" in second.stderr
+        first.kill()  # SIGKILL: no chance to release the lock
+        first.wait(timeout=60)
+    finally:
+        first.kill()
+    assert (out / "train.lock").read_text() == str(first.pid)
+    again = run_script("train.py", "--out", str(out), "--max-steps", "2", "--batch-size", "8")
+    assert again.returncode == 0, again.stderr
+    assert f"taking over the lock of a run that is gone (process {first.pid})" in again.stdout
+    assert not (out / "train.lock").exists()  # released on exit
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--beta", "-1"], "--beta must be a finite number at least 0, got -1.0"),
+    (["--beta", "nan"], "--beta must be a finite number at least 0, got nan"),
+    (["--beta", "inf"], "--beta must be a finite number at least 0, got inf"),
+    (["--lr", "nan"], "--lr must be a finite number above 0, got nan"),
+    (["--lr", "0"], "--lr must be a finite number above 0, got 0.0"),
+    (["--objective", "B", "--gamma", "-5"], "--gamma must be a finite number above 0, got -5.0"),
+    (["--c-max", "-1"], "--c-max must be a finite number at least 0, got -1.0"),
+    (["--warmup-steps", "-1"], "--warmup-steps must be a finite number at least 0, got -1"),
+    (["--epochs", "0"], "--epochs must be a finite number at least 1, got 0"),
+    (["--eval-every", "-2"], "--eval-every must be a finite number at least 0, got -2"),
+])
+def test_nonsense_numbers_end_in_one_line_before_any_work(tmp_path, flags, message):
+    start = time.time()
+    r = run_script("train.py", "--out", str(tmp_path / "x"), *flags)
+    assert time.time() - start < 10
+    assert r.returncode == 1 and r.stderr == f"train.py: error: {message}\n", r.stderr
+    assert r.stdout == "" and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["traverse.py", "CKPT", "--frames", "1"], "--frames must be a finite number at least 2"),
+    (["traverse.py", "CKPT", "--limit", "-3"], "--limit must be a finite number above 0"),
+    (["traverse.py", "CKPT", "--samples", "3,737280"], "--samples must be comma-separated"),
+    (["traverse.py", "CKPT", "--samples", "a,b"], "--samples must be comma-separated"),
+    (["evaluate.py", "CKPT", "--batch-size", "0"], "--batch-size must be a finite number at"),
+    (["evaluate.py", "CKPT", "--seed", "0", "-1"], "--seed must be a finite number at least 0"),
+])
+def test_bad_numbers_in_traverse_and_evaluate(run40, args, message):
+    r = run_script(*[str(run40) if a == "CKPT" else a for a in args])
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
+    assert r.stdout == ""

@@ -409,7 +409,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except UserError as e:
-        sys.exit(f"train.py: error: {e}")
+    dataset.run_script(main)

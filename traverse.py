@@ -13,7 +13,6 @@ latents with KL below 0.1 nats are marked inactive.
 """
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -186,7 +185,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as e:
-        sys.exit(f"traverse.py: error: {e}")
+    dataset.run_script(main)

@@ -1,0 +1,110 @@
+"""speed.py against stock PyTorch: up_conv is ConvTranspose2d, fast_model is the same model.
+
+    python -m pytest -q test_speed.py
+"""
+import copy
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import speed
+from loss import beta_vae_loss
+from model import BetaVAE
+
+CPU = torch.device("cpu")
+
+
+def count_upconv_calls(monkeypatch):
+    """Calls of speed._UpConv.apply, which still run it: a list that grows by one per call."""
+    calls, apply = [], speed._UpConv.apply
+    monkeypatch.setattr(speed._UpConv, "apply", lambda *a: calls.append(a) or apply(*a))
+    return calls
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("c_out", [1, 3, 32])
+def test_upconv_is_a_transposed_conv(c_out, layout, monkeypatch):
+    """up_conv's forward (overlap-add for one output channel, oneDNN otherwise) and its backward
+    (bias gradient as a sum) against F.conv_transpose2d."""
+    calls = count_upconv_calls(monkeypatch)
+    torch.manual_seed(0)
+    layer = speed.fast_model(nn.ConvTranspose2d(32, c_out, 4, 2, 1), CPU)
+    x = torch.randn(3, 32, 16, 16).to(memory_format=layout).requires_grad_()
+    grad = torch.randn(3, c_out, 32, 32)
+    ours = layer(x)
+    assert len(calls) == 1  # the written-out layer, not the stock one
+    ours.backward(grad)
+    got = [x.grad, layer.weight.grad, layer.bias.grad]
+    x.grad = layer.weight.grad = layer.bias.grad = None
+    ref = F.conv_transpose2d(x, layer.weight, layer.bias, stride=2, padding=1)
+    ref.backward(grad)
+    assert ours.shape == ref.shape == (3, c_out, 32, 32)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    for g, r in zip(got, [x.grad, layer.weight.grad, layer.bias.grad]):
+        assert g is not None  # sums over 3,072 terms, in another order: fp32 rounding
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
+
+
+def test_upconv_off_cpu_or_under_autocast_is_the_stock_layer(monkeypatch):
+    """Elsewhere up_conv is nn.ConvTranspose2d itself: on another device ("meta" stands in for
+    CUDA here) and under CPU autocast, where the written-out forward would mix dtypes."""
+    calls = []
+    monkeypatch.setattr(speed._UpConv, "apply", lambda *a: calls.append(a) or F.conv_transpose2d(
+        *a, stride=2, padding=1))
+    layer = speed.fast_model(nn.ConvTranspose2d(32, 1, 4, 2, 1), CPU)
+    x = torch.randn(2, 32, 32, 32)
+    layer(x)
+    assert len(calls) == 1  # fp32 on the CPU: the written-out layer
+    assert layer.to("meta")(x.to("meta")).shape == (2, 1, 64, 64)
+    assert len(calls) == 1
+    layer = speed.fast_model(nn.ConvTranspose2d(32, 1, 4, 2, 1), CPU)
+    with torch.autocast("cpu", torch.bfloat16):
+        y = layer(x)
+        ref = F.conv_transpose2d(x, layer.weight, layer.bias, stride=2, padding=1)
+    assert y.dtype == torch.bfloat16 and torch.equal(y, ref)
+    assert len(calls) == 1
+
+
+def test_fast_model_is_the_same_model(monkeypatch):
+    """fast_model keeps the parameters and state dict, and computes the same logits and
+    gradients as the plain model, through up_conv in exactly its 4 transposed convs."""
+    torch.manual_seed(0)
+    plain = BetaVAE()
+    fast = speed.fast_model(copy.deepcopy(plain), CPU)
+    swapped = [name for name, m in fast.named_modules()
+               if isinstance(m.forward, types.MethodType) and m.forward.__func__ is speed.up_conv]
+    assert swapped == [f"decoder.{i}" for i in (7, 9, 11, 13)]  # the 4 ConvTranspose2d
+    assert all(p.is_contiguous(memory_format=torch.channels_last)
+               for p in fast.parameters() if p.dim() == 4)
+
+    state = fast.state_dict()
+    assert list(state) == list(plain.state_dict())
+    for k, v in plain.state_dict().items():
+        assert torch.equal(state[k], v), k
+    loaded = BetaVAE()
+    loaded.load_state_dict(state)  # strict: a checkpoint of the fast model loads into model.py
+    for k, v in loaded.state_dict().items():
+        assert torch.equal(state[k], v), k
+
+    calls = count_upconv_calls(monkeypatch)
+    x = (torch.rand(4, 1, 64, 64) > 0.7).float()
+    outputs, grads = [], []
+    for m in (plain, fast):
+        torch.manual_seed(1)  # the same noise ε in both reparameterizations
+        logits, mu, logvar = m(x)
+        beta_vae_loss(logits, x, mu, logvar)["loss"].backward()
+        outputs.append((logits, mu, logvar))
+        grads.append({k: p.grad for k, p in m.named_parameters()})
+    assert len(calls) == 4  # the fast model's 4 transposed convs, the plain model's none
+    for ours, ref in zip(outputs[1], outputs[0]):
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    assert grads[1].keys() == grads[0].keys()
+    for k, ref in grads[0].items():
+        # Summed in another order (channels_last, overlap-add): fp32 rounding, measured at up to
+        # 1.1e-6 of the largest entry of a gradient (encoder.2.weight).
+        torch.testing.assert_close(grads[1][k], ref, rtol=1e-4,
+                                   atol=1e-5 * ref.abs().max().item(),
+                                   msg=lambda m: f"{k}: {m}")
