@@ -45,7 +45,7 @@ def save(path, ckpt):
     os.replace(tmp, path)
 
 
-def load(path, device="cpu"):
+def load(path):
     """Read a ckpt.pt written by train.py (its run folder works too); UserError otherwise."""
     path = Path(path)
     if path.is_dir():
@@ -53,7 +53,7 @@ def load(path, device="cpu"):
     if not path.is_file():
         raise UserError(f"no checkpoint at {path}")
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a damaged or foreign file
         raise UserError(f"{path} is not a readable checkpoint: damaged, truncated or not "
                         f"written by train.py ({type(e).__name__})") from e
@@ -81,8 +81,9 @@ def main(argv=None):
     args = ckpt["args"]
     print(f"step {ckpt['step']:,}; model {ckpt['model_args']}; "
           f"{sum(v.numel() for v in ckpt['model'].values()):,} parameters")
-    print("flags: " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in sorted(args.items())
-                               if v is not None and v is not False))
+    flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
+             for k, v in sorted(args.items()) if v is not None and v is not False]
+    print("flags: " + " ".join(flags))
 
 
 if __name__ == "__main__":

@@ -267,7 +267,7 @@ SCORES = {"β-VAE score (Higgins 2017)": lambda r: r["beta_vae"]["eval_accuracy"
 
 
 def summary(results):
-    """Each score's mean and standard deviation (ddof 0) over the results of several seeds."""
+    """Each score's mean and population standard deviation (ddof 0) over several seeds' results."""
     return {name: (float(np.mean([get(r) for r in results])),
                    float(np.std([get(r) for r in results]))) for name, get in SCORES.items()}
 
@@ -340,7 +340,9 @@ def main(argv=None, **counts):
     args = build_parser().parse_args(argv)
     require("batch-size", args.batch_size, 1)
     for seed in args.seed:
-        require("seed", seed, 0, high=2**32 - 1)
+        require("seed", seed, 0, high=2**31 - 1)
+    if len(set(args.seed)) < len(args.seed):
+        raise UserError(f"--seed values must differ, got {' '.join(map(str, args.seed))}")
     device = checkpoint.pick_device(args.device)
     path = Path(args.ckpt)
     out = path if path.is_dir() else path.parent

@@ -14,8 +14,9 @@ def init_weights(model):
     weights uniform with variance 2 / fan_in, biases zero. fan_in counts the inputs summed into
     one output: in·k·k for a conv, in for a linear layer, in·k·k / stride² for a transposed
     conv (each output pixel meets 2x2 of its 4x4 kernel taps). PyTorch's default, variance
-    1 / (3 fan_in), shrinks the signal at each of the 12 ReLU layers: the untrained decoder draws
-    the mean image, and β·KL switches latents off before they carry anything."""
+    1 / (3 fan_in) (fan_in taken as out·k·k for a transposed conv), divides the signal's
+    variance by 6 to 24 at each of the 12 ReLU layers: the untrained decoder draws the mean
+    image, and β·KL can switch latents off before they carry anything."""
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             fan_in = m.weight[0].numel()

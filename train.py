@@ -103,8 +103,9 @@ def check_args(args):
     if args.lr is not None:  # None: the default, which follows the batch size
         require("lr", args.lr, 0, strict=True)
     require("seed", args.seed, 0, high=2**31 - 1)
-    for flag in ("epochs", "batch_size", "latent_dim", "log_every", "ckpt_every", "c_steps"):
+    for flag in ("epochs", "latent_dim", "log_every", "ckpt_every", "c_steps"):
         require(flag, getattr(args, flag), 1)
+    require("batch_size", args.batch_size, 1, high=dataset.NUM_IMAGES)
     if args.max_steps is not None:
         require("max-steps", args.max_steps, 1)
     require("warmup-steps", args.warmup_steps, 0)
@@ -116,6 +117,8 @@ def resolve_args(args, parser, argv):
     line (whatever their value); any other flag given with a value unlike the stored run's is an
     error, not ignored."""
     ckpt = checkpoint.load(args.resume)
+    if "rng" not in ckpt:
+        raise UserError(f"{args.resume} holds no RNG state: it can be evaluated, not resumed")
     stored = {**LEGACY, **ckpt["args"]}
     resume = Path(args.resume)
     stored["out"] = str(resume if resume.is_dir() else resume.parent)  # the folder may have moved
@@ -134,14 +137,14 @@ def resolve_args(args, parser, argv):
     return argparse.Namespace(**stored), ckpt
 
 
-def train_step(model, opt, imgs, *, objective="H", beta=4.0, gamma=1000.0, c=0.0):
-    """One optimizer step on a uint8 batch; returns the loss parts as tensors (no host sync)."""
+def train_step(model, opt, imgs, **loss_args):
+    """One optimizer step on a uint8 batch; returns the loss parts as tensors (no host sync).
+    loss_args: beta_vae_loss's keywords (objective, beta, gamma, c)."""
     x = dataset.as_input(imgs)  # B, 1, 64, 64
     with torch.autocast(x.device.type, torch.bfloat16, enabled=x.device.type == "cuda"):
         logits, mu, logvar = model(x)
     # The loss in fp32: BCE summed over 4096 pixels would lose precision in bf16.
-    parts = beta_vae_loss(logits.float(), x, mu.float(), logvar.float(), objective=objective,
-                          beta=beta, gamma=gamma, c=c)
+    parts = beta_vae_loss(logits.float(), x, mu.float(), logvar.float(), **loss_args)
     opt.zero_grad(set_to_none=True)
     parts["loss"].backward()
     opt.step()
@@ -151,25 +154,32 @@ def train_step(model, opt, imgs, *, objective="H", beta=4.0, gamma=1000.0, c=0.0
 # ---------------------------------------------------------------- run folder
 
 class RunLock:
-    """<run>/train.lock holds the writing process's id while a run writes to the folder."""
+    """<run>/train.lock holds the writing process's id while a run writes to the folder; a lock
+    whose process is gone (killed, machine restarted) is taken over."""
 
     def __init__(self, out):
         self.path = Path(out) / "train.lock"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            pid = self.path.read_text().strip()
-            if pid.isdigit() and _alive(int(pid)):
-                raise UserError(f"{out} is in use by a run (process {pid}); wait for it, stop "
-                                f"it, or choose another --out") from None
-            print(f"note: taking over the lock of a run that is gone (process {pid or '?'})")
-            fd = os.open(self.path, os.O_WRONLY | os.O_TRUNC)
+        self.pid = str(os.getpid())
+        while True:
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                break
+            except FileExistsError:
+                pid = _read(self.path)
+                if pid is None:  # released meanwhile: try again
+                    continue
+                if not pid.isdigit() or _alive(int(pid)):  # empty: its owner is writing it
+                    raise UserError(f"{out} is in use by a run (process {pid or '?'}); wait for "
+                                    f"it, stop it, or choose another --out") from None
+                print(f"note: taking over the lock of a run that is gone (process {pid})")
+                self.path.unlink(missing_ok=True)  # then O_EXCL again: one taker wins
         with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
+            f.write(self.pid)
 
     def release(self):
-        self.path.unlink(missing_ok=True)
+        if _read(self.path) == self.pid:
+            self.path.unlink(missing_ok=True)
 
 
 def _alive(pid):
@@ -182,16 +192,26 @@ def _alive(pid):
     return True
 
 
+def _read(path):
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        return None
+
+
 def csv_columns(latent_dim):
     return ["step", "epoch", "loss", "recon", "kl", "c"] + [f"kl_z{k}" for k in range(latent_dim)]
 
 
-def truncate_log(path, step):
-    """On resume, drop rows logged after the checkpoint: those steps are trained again."""
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
+def truncate_log(path, step, columns):
+    """On resume, drop rows logged after the checkpoint: those steps are trained again. A
+    missing or empty log starts anew from its header."""
+    rows = []
+    if path.exists():
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
     with open(path, "w", newline="") as f:
-        csv.writer(f).writerows([rows[0]] + [r for r in rows[1:] if int(r[0]) <= step])
+        csv.writer(f).writerows([columns] + [r for r in rows[1:] if int(r[0]) <= step])
 
 
 def log_row(path, step, epoch, means, c):
@@ -255,8 +275,8 @@ def progress(step, total, epoch, epochs, means, rate, elapsed, left):
             f"loss {means['loss'].item():.2f} recon {means['recon'].item():.2f} "
             f"kl {means['kl'].item():.2f} | {rate:,.0f} img/s | {clock(elapsed)} elapsed, "
             f"{clock(left)} left")
-    print("\r" + line if sys.stdout.isatty() else line, end="" if sys.stdout.isatty() else "\n",
-          flush=True)
+    tty = sys.stdout.isatty()  # on a terminal: back to the line's start, clear it, redraw
+    print("\r\x1b[K" + line if tty else line, end="" if tty else "\n", flush=True)
 
 
 def diverged(out, what):
@@ -271,11 +291,14 @@ class StopFlag:
 
     def __init__(self):
         self.signum = None
-        for s in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(s, self._set)
+        self.previous = {s: signal.signal(s, self._set) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def _set(self, signum, frame):
         self.signum = signum
+
+    def restore(self):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
 
 # ---------------------------------------------------------------- training
@@ -287,9 +310,9 @@ def train(args, ckpt=None, started=None):
     speed.process_settings(device)
     torch.manual_seed(args.seed)
     out = Path(args.out)
-    lock = RunLock(out)
+    data = dataset.load(args.data, args.download, device)
+    lock, stop = RunLock(out), StopFlag()
     try:
-        data = dataset.load(args.data, args.download, device)
         model = BetaVAE(latent_dim=args.latent_dim)  # He init (model.init_weights)
         if args.init == "pytorch":
             for m in model.modules():
@@ -307,7 +330,7 @@ def train(args, ckpt=None, started=None):
             torch.set_rng_state(ckpt["rng"]["torch"])
             if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
                 torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
-            truncate_log(out / "losses.csv", step)
+            truncate_log(out / "losses.csv", step, csv_columns(args.latent_dim))
             print(f"resumed {out} at step {step}")
         else:
             with open(out / "losses.csv", "w", newline="") as f:
@@ -319,7 +342,6 @@ def train(args, ckpt=None, started=None):
         print(f"training on {device}: {total - step} steps to go ({step}/{total}), "
               f"batch {args.batch_size}, {steps_per_epoch} steps per epoch -> {out}")
 
-        stop = StopFlag()
         t0, step0 = time.perf_counter(), step  # for the time left
         sums, t_log, step_log, order = None, t0, step, None
         while step < total:
@@ -334,6 +356,8 @@ def train(args, ckpt=None, started=None):
             sums = parts if sums is None else {k: sums[k] + v for k, v in parts.items()}
             step += 1
             if step == step0 + 1:
+                if device.type == "cuda":
+                    torch.cuda.synchronize()  # the step was only queued until now
                 print(f"first step done {time.perf_counter() - started:.1f} s after start")
             epoch_end = step % steps_per_epoch == 0 or step == total
             save_now = step % args.ckpt_every == 0 or epoch_end or stop.signum
@@ -363,8 +387,10 @@ def train(args, ckpt=None, started=None):
 
             if epoch_end:
                 plot_losses(out / "losses.csv", out / "loss_curve.png")
-                print(f"\nepoch {epoch + 1}/{args.epochs} done at step {step}: "
-                      f"wrote {out / 'ckpt.pt'} and {out / 'loss_curve.png'}")
+                what = (f"epoch {epoch + 1}/{args.epochs} done" if step % steps_per_epoch == 0
+                        else "--max-steps reached")
+                print(f"\n{what} at step {step}: wrote {out / 'ckpt.pt'} and "
+                      f"{out / 'loss_curve.png'}")
                 if args.eval_every and ((epoch + 1) % args.eval_every == 0 or step == total):
                     log_scores(out / "scores.csv", step, model, data, args.seed)
 
@@ -375,6 +401,7 @@ def train(args, ckpt=None, started=None):
         print(f"done: {step} steps; model in {out / 'ckpt.pt'}")
         return 0
     finally:
+        stop.restore()
         lock.release()
 
 
@@ -403,6 +430,9 @@ def main(argv=None):
             raise UserError(f"{args.out} already holds a run; continue it with --resume "
                             f"{args.out}, or choose another --out")
     check_args(args)
+    if ckpt is not None and args.max_steps is not None and args.max_steps < ckpt["step"]:
+        raise UserError(f"--max-steps {args.max_steps} is below the checkpoint's step "
+                        f"{ckpt['step']}")
     if args.lr is None:
         args.lr = default_lr(args.batch_size)
     return train(args, ckpt, started)
