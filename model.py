@@ -13,10 +13,9 @@ def init_weights(model):
     """He et al. 2015 ("Delving deep into rectifiers", eq. 10) for every conv and linear layer:
     weights uniform with variance 2 / fan_in, biases zero. fan_in counts the inputs summed into
     one output: in·k·k for a conv, in for a linear layer, in·k·k / stride² for a transposed
-    conv (each output pixel meets 2x2 of its 4x4 kernel taps). PyTorch's default, variance
-    1 / (3 fan_in) (fan_in taken as out·k·k for a transposed conv), divides the signal's
-    variance by 6 to 24 at each of the 12 ReLU layers: the untrained decoder draws the mean
-    image, and β·KL can switch latents off before they carry anything."""
+    conv (each output pixel meets 2x2 of its 4x4 kernel taps). Not applied by BetaVAE: PyTorch's
+    default init (variance 1 / (3 fan_in)) keeps fewer latents active but disentangles them
+    better at β = 4 (README, "The recipe"); train.py --init he applies this one."""
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             fan_in = m.weight[0].numel()
@@ -59,8 +58,6 @@ class BetaVAE(nn.Module):
             nn.ConvTranspose2d(32, 32, 4, 2, 1), nn.ReLU(inplace=True),  # B, 32, 32, 32
             nn.ConvTranspose2d(32, channels, 4, 2, 1),  # B, C, 64, 64: logits
         )
-
-        init_weights(self)
 
     def encode(self, x):
         """x: (B, C, 64, 64) in [0, 1] -> mu, logvar, each (B, latent_dim)."""

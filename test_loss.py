@@ -7,7 +7,7 @@ from torch import nn
 from torch.distributions import Bernoulli, Normal, kl_divergence
 
 from loss import beta_vae_loss, kl_per_dim, linear_ramp, reconstruction_loss
-from model import BetaVAE
+from model import BetaVAE, init_weights
 
 
 def test_kl_matches_torch_distributions():
@@ -63,6 +63,7 @@ def test_init_is_he_for_every_layer():
     in·16 for a 4x4 conv, in for a linear layer, in·4 for a stride-2 transposed conv."""
     torch.manual_seed(0)
     model = BetaVAE()
+    init_weights(model)
     layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d,
                                                            nn.Linear))]
     assert len(layers) == 14

@@ -125,7 +125,7 @@ def test_batch_64_and_lr_5e4_by_default_on_every_device(tmp_path):
     assert train.main(["--max-steps", "1", "--out", str(out), "--device", "cpu"]) == 0
     args = checkpoint.load(out)["args"]
     assert (args["batch_size"], args["lr"], args["init"], args["warmup_steps"]) == (
-        64, 5e-4, "he", 0)
+        64, 5e-4, "pytorch", 0)
     assert train.build_parser().parse_args(["--device", "cuda"]).batch_size == 64
     out = tmp_path / "given"  # a batch size given alone: the rate follows it
     assert train.main(["--max-steps", "1", "--out", str(out), "--batch-size", "16"]) == 0

@@ -27,7 +27,7 @@ import evaluate
 import speed
 from dataset import UserError, require
 from loss import beta_vae_loss, linear_ramp
-from model import BetaVAE
+from model import BetaVAE, init_weights
 
 # Flags a resumed run takes from the command line (a lower --lr rescues a diverged run); every
 # other flag is fixed by the stored run, and giving it another value is an error.
@@ -52,9 +52,9 @@ def build_parser():
     p.add_argument("--warmup-steps", type=int, default=0,
                    help="objective H: β rises linearly from 0 over the first N steps; 0 keeps "
                         "it constant (default: 0)")
-    p.add_argument("--init", default="he", choices=["he", "pytorch"],
-                   help="weight init: he (He et al. 2015, model.py) or pytorch (each layer's "
-                        "default) (default: he)")
+    p.add_argument("--init", default="pytorch", choices=["pytorch", "he"],
+                   help="weight init: pytorch (each layer's default) or he (He et al. 2015, "
+                        "model.init_weights) (default: pytorch)")
     p.add_argument("--epochs", type=int, default=30, help="passes over the 737,280 images (default: 30)")
     p.add_argument("--max-steps", type=int, default=None,
                    help="stop after this many optimizer steps in all (default: no limit)")
@@ -313,11 +313,9 @@ def train(args, ckpt=None, started=None):
     data = dataset.load(args.data, args.download, device)
     lock, stop = RunLock(out), StopFlag()
     try:
-        model = BetaVAE(latent_dim=args.latent_dim)  # He init (model.init_weights)
-        if args.init == "pytorch":
-            for m in model.modules():
-                if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear)):
-                    m.reset_parameters()
+        model = BetaVAE(latent_dim=args.latent_dim)
+        if args.init == "he":
+            init_weights(model)
         model = speed.fast_model(model, device)
         opt = speed.adam(model, args.lr, device)
         step = 0
