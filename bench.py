@@ -2,6 +2,7 @@
 
     python bench.py                       # CPU, at train.py's batch size (64)
     python bench.py --device cuda --batch-size 2048
+    python bench.py --ckpt results/beta4_H_z10_seed0   # both loops from a trained state
 
 Both loops train the same model (model.py) with the same loss and Adam step. The project's
 step draws each batch from the data source train.py uses, bit-packed on the device, in its
@@ -27,7 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import dataset
 import speed
-from checkpoint import pick_device
+import checkpoint
 from dataset import UserError, require
 from loss import beta_vae_loss
 from model import BetaVAE
@@ -49,10 +50,21 @@ class TutorialDataset(Dataset):
         return self.imgs[i].unsqueeze(0).float()  # 1, 64, 64
 
 
-def baseline_loop(imgs, batch_size, device, lr):
+def start_from(model, opt, ckpt):
+    """A train.py checkpoint's weights and Adam moments, as its run has them (the optimizer
+    keeps its own settings: fused or not, rate); with ckpt None, the model and opt as they are.
+    Trained weights can be slower on CPU than fresh ones: see speed.py on flush-to-zero."""
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict({"state": ckpt["optimizer"]["state"],
+                             "param_groups": opt.state_dict()["param_groups"]})
+    return model, opt
+
+
+def baseline_loop(imgs, batch_size, device, lr, ckpt=None):
     """A plain loop: DataLoader with shuffling, .to(device) per batch, default memory format."""
     model = BetaVAE().to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model, opt = start_from(model, torch.optim.Adam(model.parameters(), lr=lr), ckpt)
     loader = DataLoader(TutorialDataset(imgs), batch_size=batch_size, shuffle=True,
                         drop_last=True)
     while True:
@@ -80,18 +92,18 @@ def fast_model_and_adam(device, lr):
     return model, speed.adam(model, lr, device)
 
 
-def project_loop(data, batch_size, device, lr):
+def project_loop(data, batch_size, device, lr, ckpt=None):
     """This project's training step, fed exactly as train.py feeds it."""
-    model, opt = fast_model_and_adam(device, lr)
+    model, opt = start_from(*fast_model_and_adam(device, lr), ckpt)
     for imgs in batch_stream(data, batch_size, device):
         yield train_step(model, opt, imgs)["loss"]
 
 
-def baseline_process(conn, imgs, batch_size, device, lr):
+def baseline_process(conn, imgs, batch_size, device, lr, ckpt):
     """The baseline's own process: one timing window per number of seconds received; on None,
     its peak memory, and it ends."""
     device = torch.device(device)
-    loop = baseline_loop(imgs, batch_size, device, lr)
+    loop = baseline_loop(imgs, batch_size, device, lr, ckpt)
     while (seconds := conn.recv()) is not None:
         conn.send(time_window(loop, seconds, batch_size, device))
     conn.send(peak_memory(device))
@@ -149,16 +161,17 @@ def peak_memory(device):
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bench(batch_size, device, seconds, windows, data, lr=LR):
-    """Alternating timing windows of both loops: (rates per loop, the baseline's peak MiB)."""
-    project = project_loop(data, batch_size, device, lr)
+def bench(batch_size, device, seconds, windows, data, lr=LR, ckpt=None):
+    """Alternating timing windows of both loops, both from `ckpt`'s state if given: (rates per
+    loop, the baseline's peak MiB)."""
+    project = project_loop(data, batch_size, device, lr, ckpt)
     # The baseline's uint8 images, held in memory as the tutorials do (a 16,384-image subset).
     pool = torch.cat([data.images(i).cpu() for i in torch.randperm(len(data))[:16384].split(4096)])
     # A fresh interpreter ("spawn"): a forked child would inherit this process's settings.
     ctx = multiprocessing.get_context("spawn")
     conn, child_conn = ctx.Pipe()
     child = ctx.Process(target=baseline_process,
-                        args=(child_conn, pool, batch_size, str(device), lr))
+                        args=(child_conn, pool, batch_size, str(device), lr, ckpt))
     child.start()
 
     def baseline_window(s):
@@ -241,6 +254,7 @@ def report_curves(data, batch_size, device, steps, seed):
 
 
 def main(argv=None):
+    speed.process_settings()  # as train.py does; the baseline's own process keeps defaults
     p = argparse.ArgumentParser(description="Training images/second: project vs tutorial loop.")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                    help="device to benchmark (default: cpu)")
@@ -254,6 +268,9 @@ def main(argv=None):
                    help="instead of timing, train the project's step and a plain fp32 step "
                         "side by side for STEPS steps and write both loss curves to "
                         "runs/loss_match_<device>_seed<seed>.csv and .png (default: 0, off)")
+    p.add_argument("--ckpt", metavar="RUN",
+                   help="time both loops from this train.py checkpoint's weights and Adam "
+                        "moments instead of fresh weights (default: none, fresh)")
     p.add_argument("--seed", type=int, default=0,
                    help="with --curve: seed of the initial weights and batch order (default: 0)")
     args = p.parse_args(argv)
@@ -263,8 +280,13 @@ def main(argv=None):
     require("seed", args.seed, 0, high=2**31 - 1)
     if args.curve and args.curve < CURVE_EVERY:
         raise UserError(f"--curve must be 0 (off) or at least {CURVE_EVERY} steps")
-    device = pick_device(args.device)
-    speed.process_settings(device)  # as train.py does; the baseline's own process keeps defaults
+    ckpt = None
+    if args.ckpt:
+        ckpt = checkpoint.load(args.ckpt)
+        if ckpt["model_args"] != BetaVAE().config:
+            raise UserError(f"--ckpt: bench times BetaVAE() ({BetaVAE().config}); this "
+                            f"checkpoint's model is {ckpt['model_args']}")
+    device = checkpoint.pick_device(args.device)
     data = dataset.load(device=device)
     if args.curve:
         return report_curves(data, args.batch_size, device, args.curve, args.seed)
@@ -282,9 +304,12 @@ def main(argv=None):
     print(f"model: {flops / 1e6:.1f} MFLOP per training image; compute bound: "
           f"{bound:,.0f} GFLOP/s ({'fp32' if device.type == 'cpu' else 'bf16'} matmul) "
           f"= {bound * 1e9 / flops:,.0f} images/s")
+    print("weights: " + (f"{args.ckpt} at step {ckpt['step']:,} (weights and Adam moments), in "
+                         f"both loops" if ckpt else "fresh BetaVAE(), as at step 0"))
     print(f"{'batch':>6} {'loop':>9} {'median img/s':>13} {'min':>8} {'max':>8} "
           f"{'GFLOP/s':>8} {'of bound':>9}")
-    rates, baseline_peak = bench(args.batch_size, device, args.seconds, args.windows, data)
+    rates, baseline_peak = bench(args.batch_size, device, args.seconds, args.windows, data,
+                                 ckpt=ckpt)
     med = {k: statistics.median(v) for k, v in rates.items()}
     for k, v in rates.items():
         gflops = med[k] * flops / 1e9

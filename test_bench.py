@@ -10,9 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import bench
+import checkpoint
+import speed
 from dataset import UserError
+from model import BetaVAE
 
 REPO = Path(__file__).resolve().parent
 NUM_IMAGES = 40_000  # the rendered store bench fills first (dSprites has 737,280)
@@ -35,6 +39,7 @@ def test_bench_prints_rates_ratio_flops_and_memory(tmp_path):
     out = run.stdout
     assert run.returncode == 0, out + run.stderr
     assert f"data: all {NUM_IMAGES:,} images drawn into the rendered store in" in out
+    assert "weights: fresh BetaVAE(), as at step 0" in out
     m = re.search(r"^model: ([\d.]+) MFLOP per training image; compute bound: ([\d,]+) GFLOP/s "
                   r"\(fp32 matmul\) = ([\d,]+) images/s$", out, re.M)
     assert m, out
@@ -100,3 +105,44 @@ def test_bench_rejects_bad_flags():
         bench.main(["--seconds", "nan"])
     with pytest.raises(UserError, match="--curve must be 0 .off. or at least 50 steps"):
         bench.main(["--curve", "10"])
+
+
+def trained_state(steps=3):
+    """A checkpoint dict as train.py writes it, after a few fused-Adam steps at lr 5e-4."""
+    torch.manual_seed(0)
+    model = speed.fast_model(BetaVAE(), torch.device("cpu"))
+    opt = speed.adam(model, 5e-4, torch.device("cpu"))
+    for _ in range(steps):
+        bench.train_step(model, opt, (torch.rand(4, 64, 64) < 0.2).to(torch.uint8))
+    return {"model_args": model.config, "model": model.state_dict(),
+            "optimizer": opt.state_dict(), "step": steps}
+
+
+def test_start_from_takes_weights_and_moments_but_keeps_the_optimizers_settings():
+    ckpt = trained_state()
+    model = BetaVAE()  # the tutorial loop's model and plain Adam at another rate
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    bench.start_from(model, opt, ckpt)
+    for name, p in model.state_dict().items():
+        assert torch.equal(p, ckpt["model"][name]), name
+    saved = ckpt["optimizer"]["state"]
+    assert len(opt.state) == len(saved) == len(list(model.parameters()))
+    for i, p in enumerate(model.parameters()):
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(opt.state[p][key], saved[i][key]), (i, key)
+    group = opt.param_groups[0]
+    assert (group["lr"], group["fused"]) == (1e-3, None)  # not the checkpoint's 5e-4, fused
+    loss = bench.plain_step(model, opt, (torch.rand(4, 64, 64) < 0.2).to(torch.uint8))
+    assert torch.isfinite(loss)  # the plain loop steps on from the checkpoint's step 3
+    assert int(opt.state[next(model.parameters())]["step"]) == 4
+
+
+def test_bench_refuses_a_checkpoint_of_another_model(tmp_path):
+    ckpt = trained_state(1)
+    ckpt.update(model_args={"latent_dim": 6, "channels": 1}, args={}, rng={})
+    checkpoint.save(tmp_path / "ckpt.pt", ckpt)
+    with pytest.raises(UserError, match=r"--ckpt: bench times BetaVAE\(\) \({'latent_dim': 10, "
+                                        r"'channels': 1}\); this checkpoint's model is "):
+        bench.main(["--ckpt", str(tmp_path)])
+    with pytest.raises(UserError, match="no checkpoint at"):
+        bench.main(["--ckpt", str(tmp_path / "missing")])

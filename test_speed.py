@@ -3,7 +3,10 @@
     python -m pytest -q test_speed.py
 """
 import copy
+import subprocess
+import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +18,7 @@ from loss import beta_vae_loss
 from model import BetaVAE
 
 CPU = torch.device("cpu")
+HERE = Path(__file__).resolve().parent
 
 
 def count_upconv_calls(monkeypatch):
@@ -108,3 +112,22 @@ def test_fast_model_is_the_same_model(monkeypatch):
         torch.testing.assert_close(grads[1][k], ref, rtol=1e-4,
                                    atol=1e-5 * ref.abs().max().item(),
                                    msg=lambda m: f"{k}: {m}")
+
+
+@pytest.mark.parametrize("setup, flushed", [
+    ("", False),  # control: without the setting the product is a denormal, 1e-40
+    ("torch.ones(1 << 22).sum(); speed.process_settings()", False),  # workers already started
+    ("speed.process_settings()", True),
+    ("import train; train.main(['--max-steps', '1', '--batch-size', '8', '--out', sys.argv[1]])",
+     True),  # train.py sets it before its first multi-threaded op
+])
+def test_flush_to_zero_reaches_every_worker_thread(setup, flushed, tmp_path):
+    """Denormal floats are flushed to zero on all threads of a 2-thread elementwise product, in a
+    fresh interpreter: the worker threads copy the flag only when they start."""
+    code = (f"import sys, torch, speed; torch.set_num_threads(2); {setup}\n"
+            "print(int((torch.full((1 << 22,), 1e-30) * 1e-10 != 0).sum()))")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], cwd=HERE,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    nonzero = int(out.stdout.split()[-1])
+    assert (nonzero == 0) if flushed else (nonzero > 0)

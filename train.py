@@ -307,7 +307,6 @@ def train(args, ckpt=None, started=None):
     """The training loop; `ckpt` continues a stored run. Returns the exit status."""
     started = time.perf_counter() if started is None else started
     device = checkpoint.pick_device(args.device)
-    speed.process_settings(device)
     torch.manual_seed(args.seed)
     out = Path(args.out)
     data = dataset.load(args.data, args.download, device)
@@ -417,6 +416,7 @@ def process_start():
 
 def main(argv=None):
     started = process_start()
+    speed.process_settings()
     parser = build_parser()
     args = parser.parse_args(argv)
     ckpt = None
