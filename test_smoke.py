@@ -193,6 +193,9 @@ def test_eval_every_logs_scores(tmp_path, monkeypatch, capsys):
     assert [int(r["step"]) for r in scores] == [6]
     assert 0 <= float(scores[0]["mig"]) <= 1 and 0 <= float(scores[0]["beta_vae"]) <= 1
     assert "scores (quick protocol): beta_vae" in capsys.readouterr().out
+    from matplotlib.image import imread
+
+    assert imread(out / "scores.png").shape == (420, 600, 4)  # the figure of the scores, 6 x 4.2 in
 
 
 def test_resume_after_rows_logged_past_the_checkpoint_matches_a_straight_run(run40, tmp_path):

@@ -221,24 +221,29 @@ def log_row(path, step, epoch, means, c):
             f"{v:.4f}" for v in means["kl_per_dim"].tolist()])
 
 
+def read_columns(csv_path):
+    """A CSV log as {column: list of floats}."""
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {k: [float(r[k]) for r in rows] for k in (rows[0] if rows else [])}
+
+
 def plot_losses(csv_path, png_path):
     """loss_curve.png: total, reconstruction and KL over steps; each latent's KL beside."""
     from matplotlib.figure import Figure
 
-    with open(csv_path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
+    cols = read_columns(csv_path)
+    if not cols:
         return
-    steps = [int(r["step"]) for r in rows]
-    col = lambda name: [float(r[name]) for r in rows]  # noqa: E731
+    steps = cols["step"]
     fig = Figure(figsize=(12, 4.2), layout="tight")
     ax1, ax2 = fig.subplots(1, 2)
     for name, label in (("loss", "total"), ("recon", "reconstruction"), ("kl", "KL")):
-        ax1.plot(steps, col(name), label=label)
+        ax1.plot(steps, cols[name], label=label)
     ax1.set(xlabel="step", ylabel="nats per image", yscale="log", title="β-VAE loss")
     ax1.legend()
-    for name in [k for k in rows[0] if k.startswith("kl_z")]:
-        ax2.plot(steps, col(name), label=name[3:])
+    for name in [k for k in cols if k.startswith("kl_z")]:
+        ax2.plot(steps, cols[name], label=name[3:])
     ax2.set(xlabel="step", ylabel="KL (nats)", title="KL per latent dimension")
     ax2.legend(ncol=2, fontsize=8)
     fig.savefig(png_path, dpi=100)
@@ -259,6 +264,22 @@ def log_scores(path, step, model, data, seed):
     print("scores (quick protocol): " + ", ".join(
         f"{k} {v:.3f}" for k, v in row.items() if k not in ("step", "seconds")) +
           f" ({row['seconds']:.0f} s) -> {path}")
+
+
+def plot_scores(csv_path, png_path):
+    """scores.png: the disentanglement scores of scores.csv over training steps."""
+    from matplotlib.figure import Figure
+
+    cols = read_columns(csv_path)
+    fig = Figure(figsize=(6, 4.2), layout="tight")
+    ax = fig.subplots()
+    for name, label in (("beta_vae", "β-VAE score"), ("factor_vae", "FactorVAE score"),
+                        ("mig", "MIG"), ("mig_no_shape", "MIG without shape")):
+        ax.plot(cols["step"], cols[name], "o-", label=label)
+    ax.set(xlabel="step", ylabel="score (quick protocol)", ylim=(0, 1),
+           title="Disentanglement over training")
+    ax.legend()
+    fig.savefig(png_path, dpi=100)
 
 
 def clock(seconds):
@@ -390,6 +411,7 @@ def train(args, ckpt=None, started=None):
                       f"{out / 'loss_curve.png'}")
                 if args.eval_every and ((epoch + 1) % args.eval_every == 0 or step == total):
                     log_scores(out / "scores.csv", step, model, data, args.seed)
+                    plot_scores(out / "scores.csv", out / "scores.png")
 
             if stop.signum:
                 print(f"\n{signal.Signals(stop.signum).name}: stopped at step {step}; checkpoint "
