@@ -250,7 +250,8 @@ def plot_losses(csv_path, png_path):
 
 
 def log_scores(path, step, model, data, seed):
-    """evaluate.py's quick protocol on the current model, appended to scores.csv."""
+    """evaluate.py's quick protocol on the current model, appended to scores.csv and drawn
+    with the earlier rows into scores.png."""
     r = evaluate.evaluate_model(model, data, seed=seed, quick=True)
     row = {"step": step, "beta_vae": r["beta_vae"]["eval_accuracy"],
            "factor_vae": r["factor_vae"]["eval_accuracy"], "mig": r["mig"],
@@ -264,6 +265,7 @@ def log_scores(path, step, model, data, seed):
     print("scores (quick protocol): " + ", ".join(
         f"{k} {v:.3f}" for k, v in row.items() if k not in ("step", "seconds")) +
           f" ({row['seconds']:.0f} s) -> {path}")
+    plot_scores(path, path.with_suffix(".png"))
 
 
 def plot_scores(csv_path, png_path):
@@ -411,7 +413,6 @@ def train(args, ckpt=None, started=None):
                       f"{out / 'loss_curve.png'}")
                 if args.eval_every and ((epoch + 1) % args.eval_every == 0 or step == total):
                     log_scores(out / "scores.csv", step, model, data, args.seed)
-                    plot_scores(out / "scores.csv", out / "scores.png")
 
             if stop.signum:
                 print(f"\n{signal.Signals(stop.signum).name}: stopped at step {step}; checkpoint "
