@@ -280,6 +280,9 @@ def main(argv=None):
     require("seed", args.seed, 0, high=2**31 - 1)
     if args.curve and args.curve < CURVE_EVERY:
         raise UserError(f"--curve must be 0 (off) or at least {CURVE_EVERY} steps")
+    if args.curve and args.ckpt:
+        raise UserError("--ckpt times both loops from a trained state; --curve starts from fresh "
+                        "weights: give one of them")
     ckpt = None
     if args.ckpt:
         ckpt = checkpoint.load(args.ckpt)

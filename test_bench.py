@@ -103,6 +103,8 @@ def test_bench_rejects_bad_flags():
         bench.main(["--seconds", "0"])
     with pytest.raises(UserError, match="--seconds must be a finite number above 0, got nan"):
         bench.main(["--seconds", "nan"])
+    with pytest.raises(UserError, match="--ckpt times both loops .* give one of them"):
+        bench.main(["--curve", "100", "--ckpt", "x"])
     with pytest.raises(UserError, match="--curve must be 0 .off. or at least 50 steps"):
         bench.main(["--curve", "10"])
 
