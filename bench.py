@@ -26,9 +26,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
+import checkpoint
 import dataset
 import speed
-import checkpoint
 from dataset import UserError, require
 from loss import beta_vae_loss
 from model import BetaVAE
@@ -58,6 +58,9 @@ def start_from(model, opt, ckpt):
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict({"state": ckpt["optimizer"]["state"],
                              "param_groups": opt.state_dict()["param_groups"]})
+        for p, state in opt.state.items():  # moments in the parameter's own memory layout
+            for key in ("exp_avg", "exp_avg_sq"):
+                state[key] = torch.empty_like(p).copy_(state[key])
     return model, opt
 
 
@@ -254,7 +257,6 @@ def report_curves(data, batch_size, device, steps, seed):
 
 
 def main(argv=None):
-    speed.process_settings()  # as train.py does; the baseline's own process keeps defaults
     p = argparse.ArgumentParser(description="Training images/second: project vs tutorial loop.")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                    help="device to benchmark (default: cpu)")
@@ -286,9 +288,12 @@ def main(argv=None):
     ckpt = None
     if args.ckpt:
         ckpt = checkpoint.load(args.ckpt)
-        if ckpt["model_args"] != BetaVAE().config:
-            raise UserError(f"--ckpt: bench times BetaVAE() ({BetaVAE().config}); this "
-                            f"checkpoint's model is {ckpt['model_args']}")
+        if ckpt["model_args"] != (config := BetaVAE().config):
+            raise UserError(f"--ckpt: bench times BetaVAE() ({config}); this checkpoint's "
+                            f"model is {ckpt['model_args']}")
+        checkpoint.rebuild_model(ckpt)  # its weights fit, or one line now
+    # As train.py does, before any multi-threaded op; the baseline's own process keeps defaults.
+    speed.process_settings()
     device = checkpoint.pick_device(args.device)
     data = dataset.load(device=device)
     if args.curve:

@@ -132,6 +132,8 @@ def test_start_from_takes_weights_and_moments_but_keeps_the_optimizers_settings(
     for i, p in enumerate(model.parameters()):
         for key in ("step", "exp_avg", "exp_avg_sq"):
             assert torch.equal(opt.state[p][key], saved[i][key]), (i, key)
+        for key in ("exp_avg", "exp_avg_sq"):  # saved channels_last, now in the plain layout
+            assert opt.state[p][key].stride() == p.stride(), (i, key)
     group = opt.param_groups[0]
     assert (group["lr"], group["fused"]) == (1e-3, None)  # not the checkpoint's 5e-4, fused
     loss = bench.plain_step(model, opt, (torch.rand(4, 64, 64) < 0.2).to(torch.uint8))
@@ -145,6 +147,11 @@ def test_bench_refuses_a_checkpoint_of_another_model(tmp_path):
     checkpoint.save(tmp_path / "ckpt.pt", ckpt)
     with pytest.raises(UserError, match=r"--ckpt: bench times BetaVAE\(\) \({'latent_dim': 10, "
                                         r"'channels': 1}\); this checkpoint's model is "):
+        bench.main(["--ckpt", str(tmp_path)])
+    ckpt.update(model_args=BetaVAE().config,
+                model={k.replace("encoder", "enc"): v for k, v in ckpt["model"].items()})
+    checkpoint.save(tmp_path / "ckpt.pt", ckpt)
+    with pytest.raises(UserError, match="the checkpoint's weights do not fit BetaVAE"):
         bench.main(["--ckpt", str(tmp_path)])
     with pytest.raises(UserError, match="no checkpoint at"):
         bench.main(["--ckpt", str(tmp_path / "missing")])

@@ -198,6 +198,27 @@ def test_eval_every_logs_scores(tmp_path, monkeypatch, capsys):
     assert imread(out / "scores.png").shape == (420, 600, 4)  # the figure of the scores, 6 x 4.2 in
 
 
+def test_scores_figure_draws_every_row_and_skips_an_empty_log(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    drawn, plot = {}, Axes.plot
+    monkeypatch.setattr(Axes, "plot", lambda ax, x, y, *a, label, **k: drawn.setdefault(
+        label, (list(x), list(y))) and plot(ax, x, y, *a, label=label, **k))
+    path = tmp_path / "scores.csv"
+    path.write_text("step,beta_vae,factor_vae,mig,mig_no_shape,seconds\n")
+    assert train.read_columns(path) == {}
+    train.plot_scores(path, tmp_path / "scores.png")  # a log with no row yet: no figure
+    assert not (tmp_path / "scores.png").exists() and drawn == {}
+    with open(path, "a") as f:
+        f.write("57600,0.85,0.61,0.25,0.3,60\n115200,0.88,0.64,0.31,0.33,58\n")
+    train.plot_scores(path, tmp_path / "scores.png")
+    assert drawn == {"β-VAE score": ([57600, 115200], [0.85, 0.88]),
+                     "FactorVAE score": ([57600, 115200], [0.61, 0.64]),
+                     "MIG": ([57600, 115200], [0.25, 0.31]),
+                     "MIG without shape": ([57600, 115200], [0.3, 0.33])}
+    assert (tmp_path / "scores.png").stat().st_size > 10_000
+
+
 def test_resume_after_rows_logged_past_the_checkpoint_matches_a_straight_run(run40, tmp_path):
     """A run that logged rows after its last checkpoint (killed before the next one) resumes
     from the checkpoint: the rows past it are dropped and trained again, as in a straight run."""

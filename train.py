@@ -8,7 +8,7 @@
 
 Writes into the run folder: ckpt.pt (everything needed to rebuild the model or resume),
 losses.csv (one row per --log-every steps), loss_curve.png (redrawn at each epoch end) and, with
---eval-every, scores.csv. The folder is locked while a run writes to it.
+--eval-every, scores.csv and its figure scores.png. The folder is locked while a run writes to it.
 """
 import argparse
 import csv
@@ -77,7 +77,7 @@ def build_parser():
                    help="write ckpt.pt every N steps, besides each epoch end (default: 1000)")
     p.add_argument("--eval-every", type=int, default=0, metavar="EPOCHS",
                    help="score disentanglement (evaluate.py --quick) every N epochs and at the "
-                        "end, into scores.csv; 0 turns it off (default: 0)")
+                        "end, into scores.csv and scores.png; 0 turns it off (default: 0)")
     p.add_argument("--log-every", type=int, default=50,
                    help="log a losses.csv row and the progress line every N steps (default: 50)")
     return p
@@ -256,7 +256,7 @@ def log_scores(path, step, model, data, seed):
     row = {"step": step, "beta_vae": r["beta_vae"]["eval_accuracy"],
            "factor_vae": r["factor_vae"]["eval_accuracy"], "mig": r["mig"],
            "mig_no_shape": r["mig_no_shape"], "seconds": r["seconds"]}
-    new = not path.exists()
+    new = not path.exists() or path.stat().st_size == 0
     with open(path, "a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(row))
         if new:
@@ -273,6 +273,8 @@ def plot_scores(csv_path, png_path):
     from matplotlib.figure import Figure
 
     cols = read_columns(csv_path)
+    if not cols:
+        return
     fig = Figure(figsize=(6, 4.2), layout="tight")
     ax = fig.subplots()
     for name, label in (("beta_vae", "β-VAE score"), ("factor_vae", "FactorVAE score"),
@@ -439,7 +441,6 @@ def process_start():
 
 def main(argv=None):
     started = process_start()
-    speed.process_settings()
     parser = build_parser()
     args = parser.parse_args(argv)
     ckpt = None
@@ -456,6 +457,7 @@ def main(argv=None):
                         f"{ckpt['step']}")
     if args.lr is None:
         args.lr = default_lr(args.batch_size)
+    speed.process_settings()  # before the first multi-threaded op: the checks above run none
     return train(args, ckpt, started)
 
 
