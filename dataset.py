@@ -47,6 +47,9 @@ def run_script(main):
         sys.exit(main())
     except UserError as e:
         sys.exit(f"{Path(sys.argv[0]).name}: error: {e}")
+    except BrokenPipeError:  # the output's reader stopped early (`| head`): no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
 
 
 def require(flag, value, low, strict=False, high=math.inf):

@@ -161,6 +161,15 @@ def test_cli_errors_are_one_line_and_nonzero(tmp_path):
         assert r.returncode == 1 and r.stderr.count("\n") == 1 and fragment in r.stderr, r.stderr
 
 
+def test_output_piped_into_a_reader_that_stops_ends_without_a_traceback(run40):
+    """`python checkpoint.py RUN | head -1`: the reader is gone before the script prints."""
+    proc = subprocess.Popen([sys.executable, "checkpoint.py", str(run40)], cwd=HERE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # while the script still imports torch
+    assert proc.wait(timeout=120) == 1
+    assert proc.stderr.read() == ""
+
+
 def test_sigterm_saves_a_checkpoint_to_resume_from(tmp_path):
     out = tmp_path / "term"
     proc = subprocess.Popen([sys.executable, "train.py", "--out", str(out), "--batch-size", "8",
