@@ -119,16 +119,21 @@ def test_fast_model_is_the_same_model(monkeypatch):
     ("torch.ones(1 << 22).sum(); speed.process_settings()", False),  # workers already started
     ("speed.process_settings()", True),
     ("import train; train.main(['--max-steps', '1', '--batch-size', '8', '--out', sys.argv[1]])",
-     True),  # train.py sets it before its first multi-threaded op
+     True),  # train.py sets it before its first multi-threaded op,
+    ("import train; train.main(['--resume', sys.argv[1], '--max-steps', '2'])", True),  # resuming too
 ])
 def test_flush_to_zero_reaches_every_worker_thread(setup, flushed, tmp_path):
     """Denormal floats are flushed to zero on all threads of a 2-thread elementwise product, in a
     fresh interpreter: the worker threads copy the flag only when they start."""
     if not torch.set_flush_denormal(False):  # (this process keeps the default: off)
         pytest.skip("this CPU cannot flush denormals to zero")
+    run = tmp_path / "run"
+    if "--resume" in setup:  # a run to resume, written by another process
+        subprocess.run([sys.executable, "train.py", "--max-steps", "1", "--batch-size", "8",
+                        "--out", str(run)], cwd=HERE, capture_output=True, check=True, timeout=300)
     code = (f"import sys, torch, speed; torch.set_num_threads(2); {setup}\n"
             "print(int((torch.full((1 << 22,), 1e-30) * 1e-10 != 0).sum()))")
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], cwd=HERE,
+    out = subprocess.run([sys.executable, "-c", code, str(run)], cwd=HERE,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     nonzero = int(out.stdout.split()[-1])
