@@ -7,7 +7,7 @@ Protocols of google-research/disentanglement_lib: the β-VAE score (Higgins et a
 FactorVAE score (Kim & Mnih 2018) and the mutual information gap (Chen et al. 2018), on the
 encoder mean μ(x) (--sample: one posterior sample per image). Prints a table and writes
 metrics.json and latent_factor_mi.png (normalised mutual information, latents x factors) next
-to the checkpoint. The whole sampling plan is drawn first from one seeded numpy generator; each
+to the checkpoint (--quick: metrics_quick.json and latent_factor_mi_quick.png). The whole sampling plan is drawn first from one seeded numpy generator; each
 distinct image it touches is then encoded once and every score reads its codes from that table.
 """
 import argparse
@@ -371,13 +371,16 @@ def main(argv=None, **counts):
         metrics["by_seed"] = [{"seed": r["seed"], **{name: get(r) for name, get in SCORES.items()}}
                               for r in results]
         metrics["mean_std"] = summary(results)
-    with open(out / "metrics.json", "w") as f:
+    # A quick look never overwrites the full protocol's results (traverse.py reads metrics.json).
+    suffix = "_quick" if args.quick else ""
+    json_path, png_path = out / f"metrics{suffix}.json", out / f"latent_factor_mi{suffix}.png"
+    with open(json_path, "w") as f:
         json.dump(metrics, f, indent=1)
-    plot_mi(results[0], out / "latent_factor_mi.png")
+    plot_mi(results[0], png_path)
     print(f"done in {results[0]['seconds']:.0f} s "
           f"({sum(r['images_drawn'] for r in results):,} image draws)\n")
     print(table(results))
-    print(f"\nwrote {out / 'metrics.json'} and {out / 'latent_factor_mi.png'}")
+    print(f"\nwrote {json_path} and {png_path}")
     return 0
 
 

@@ -181,11 +181,17 @@ def checkpoint(tmp_path_factory):
 
 
 def test_cli_writes_metrics_and_figure(checkpoint, capsys):
+    """--quick writes metrics_quick.json and its figure, leaving a full run's metrics.json alone."""
+    full = checkpoint.parent / "metrics.json"
+    full.write_text('{"full": true}')
+    (checkpoint.parent / "latent_factor_mi.png").unlink(missing_ok=True)
     assert evaluate.main([str(checkpoint), "--quick", "--device", "cpu", "--seed", "3"],
                          **TINY) == 0
     printed = capsys.readouterr().out
     assert "β-VAE score" in printed and "MIG" in printed
-    metrics = json.loads((checkpoint.parent / "metrics.json").read_text())
+    assert full.read_text() == '{"full": true}'
+    assert not (checkpoint.parent / "latent_factor_mi.png").exists()
+    metrics = json.loads((checkpoint.parent / "metrics_quick.json").read_text())
     for key in ("beta_vae", "factor_vae", "mig", "mig_no_shape", "mi", "kl_per_dim", "seed",
                 "counts", "step", "representation", "data", "seconds", "images_encoded"):
         assert key in metrics, key
@@ -196,7 +202,7 @@ def test_cli_writes_metrics_and_figure(checkpoint, capsys):
     for value in (metrics["mig"], metrics["beta_vae"]["eval_accuracy"],
                   metrics["factor_vae"]["eval_accuracy"]):
         assert 0 <= value <= 1
-    assert (checkpoint.parent / "latent_factor_mi.png").stat().st_size > 1000
+    assert (checkpoint.parent / "latent_factor_mi_quick.png").stat().st_size > 1000
 
 
 def test_cli_several_seeds_writes_mean_and_std(checkpoint, capsys):
