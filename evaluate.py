@@ -1,14 +1,15 @@
 """Disentanglement scores of a trained β-VAE on dSprites: β-VAE score, FactorVAE score and MIG.
 
-    python evaluate.py runs/beta4_H_z10_seed0/ckpt.pt           # full protocol, ~4 min on CPU
-    python evaluate.py runs/beta4_H_z10_seed0/ckpt.pt --quick   # a tenth of the classifier samples
+    python evaluate.py results/beta4_H_z10_seed0/ckpt.pt --quick      # a tenth of the samples
+    python evaluate.py results/beta4_H_z10_seed0/ckpt.pt --seed 0 1 2  # full protocol, 3 plans
 
 Protocols of google-research/disentanglement_lib: the β-VAE score (Higgins et al. 2017), the
 FactorVAE score (Kim & Mnih 2018) and the mutual information gap (Chen et al. 2018), on the
 encoder mean μ(x) (--sample: one posterior sample per image). Prints a table and writes
 metrics.json and latent_factor_mi.png (normalised mutual information, latents x factors) next
-to the checkpoint (--quick: metrics_quick.json and latent_factor_mi_quick.png). The whole sampling plan is drawn first from one seeded numpy generator; each
-distinct image it touches is then encoded once and every score reads its codes from that table.
+to the checkpoint (--quick: metrics_quick.json and latent_factor_mi_quick.png). The whole
+sampling plan is drawn first from one seeded numpy generator; each distinct image it touches is
+then encoded once and every score reads its codes from that table.
 """
 import argparse
 import json

@@ -1,6 +1,6 @@
 """Latent traversals of a trained β-VAE: GIFs, a PNG grid and a reconstruction figure.
 
-    python traverse.py runs/beta4_H_z10_seed0/ckpt.pt
+    python traverse.py results/beta4_H_z10_seed0/ckpt.pt   # the shipped model, a few seconds
 
 For each sample image (rows 1-4: one per shape plus one more) and each latent k, writes
 gif/<row>/traversal_latent_dim_<k>.gif: z_k swept from -limit to +limit and back, the other
