@@ -27,14 +27,14 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 import checkpoint
+import cli
 import dataset
+import runlog
 import speed
-from dataset import UserError, require
+from cli import UserError, require
 from loss import beta_vae_loss
 from model import BetaVAE
-from train import train_step
-
-LR = 5e-4  # train.py's rate at batch 64, for both loops at any batch size (speed is the same)
+from train import LR, train_step  # LR: batch 64's rate, for both loops at any batch size
 
 
 class TutorialDataset(Dataset):
@@ -228,18 +228,17 @@ def loss_curves(data, batch_size, device, steps, out, seed=0, every=CURVE_EVERY,
             sums.zero_()
     with open(f"{out}.csv", "w", newline="") as f:
         csv.writer(f).writerows([["step", "project", "plain_fp32"]] + rows)
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 4), layout="tight")
-    ax = fig.subplots()
-    steps_logged = [r[0] for r in rows]
-    precision = "bf16 autocast" if device.type == "cuda" else "fp32"
-    ax.plot(steps_logged, [r[1] for r in rows], label=f"this project ({precision}, channels_last)")
-    ax.plot(steps_logged, [r[2] for r in rows], "--", label="plain fp32 loop")
-    ax.set(xlabel="step", ylabel=f"loss, mean of {every} steps (nats per image)", yscale="log",
-           title=f"Same batches, same initial weights: batch {batch_size} on {device.type}")
-    ax.legend()
-    fig.savefig(f"{out}.png", dpi=100)
+    with runlog.figure(f"{out}.png", (7, 4), "tight") as fig:
+        ax = fig.subplots()
+        steps_logged = [r[0] for r in rows]
+        precision = "bf16 autocast" if device.type == "cuda" else "fp32"
+        ax.plot(steps_logged, [r[1] for r in rows],
+                label=f"this project ({precision}, channels_last)")
+        ax.plot(steps_logged, [r[2] for r in rows], "--", label="plain fp32 loop")
+        ax.set(xlabel="step", ylabel=f"loss, mean of {every} steps (nats per image)",
+               yscale="log",
+               title=f"Same batches, same initial weights: batch {batch_size} on {device.type}")
+        ax.legend()
     return rows
 
 
@@ -256,10 +255,9 @@ def report_curves(data, batch_size, device, steps, seed):
     print(f"wrote {out}.csv and {out}.png")
 
 
-def main(argv=None):
+def build_parser():
     p = argparse.ArgumentParser(description="Training images/second: project vs tutorial loop.")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
-                   help="device to benchmark (default: cpu)")
+    cli.add_device_argument(p, default="cpu")
     p.add_argument("--batch-size", type=int, default=64,
                    help="batch size (default: 64, train.py's)")
     p.add_argument("--seconds", type=float, default=4.0,
@@ -275,11 +273,15 @@ def main(argv=None):
                         "moments instead of fresh weights (default: none, fresh)")
     p.add_argument("--seed", type=int, default=0,
                    help="with --curve: seed of the initial weights and batch order (default: 0)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     require("batch-size", args.batch_size, 1)
     require("windows", args.windows, 1)
     require("seconds", args.seconds, 0, strict=True)
-    require("seed", args.seed, 0, high=2**31 - 1)
+    cli.require_seeds([args.seed])
     if args.curve and args.curve < CURVE_EVERY:
         raise UserError(f"--curve must be 0 (off) or at least {CURVE_EVERY} steps")
     if args.curve and args.ckpt:
@@ -294,7 +296,7 @@ def main(argv=None):
         checkpoint.rebuild_model(ckpt)  # its weights fit, or one line now
     # As train.py does, before any multi-threaded op; the baseline's own process keeps defaults.
     speed.process_settings()
-    device = checkpoint.pick_device(args.device)
+    device = cli.pick_device(args.device)
     data = dataset.load(device=device)
     if args.curve:
         return report_curves(data, args.batch_size, device, args.curve, args.seed)
@@ -329,4 +331,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    dataset.run_script(main)
+    cli.run_script(main)

@@ -1,4 +1,4 @@
-"""What every script shares about a run: the --device flag and the checkpoint file.
+"""The checkpoint file of a run: what train.py writes, and how every script reads it back.
 
     python checkpoint.py results/beta4_H_z10_seed0/ckpt.pt    # what a checkpoint holds
 
@@ -6,36 +6,46 @@ A checkpoint is a dict saved by torch.save: model_args (BetaVAE's constructor ar
 model (its state dict), optimizer, step, args (train.py's flags) and rng. BetaVAE(**model_args)
 plus the state dict rebuilds the trained model; nothing here imports train.py.
 """
-import argparse
 import os
+import sys
 from pathlib import Path
 
 import torch
 
-import dataset
-from dataset import UserError
 from model import BetaVAE
 
 REQUIRED = ("model_args", "model", "optimizer", "step", "args")
 
 
-def add_device_argument(parser):
-    """The --device flag, the same in every script."""
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
-                        help="auto picks cuda, then mps, then cpu (default: auto)")
+class CheckpointError(Exception):
+    """A missing, damaged or foreign checkpoint: one line, no traceback (cli.run_script)."""
 
 
-def pick_device(name):
-    """The torch device for --device; a clear error when the one asked for is missing."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: CUDA is not available here; use --device cpu or auto")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise UserError("--device mps: MPS is not available here; use --device cpu or auto")
-    return torch.device(name)
+def run_dir(path):
+    """The run folder of a checkpoint path, or the path itself when it is the folder."""
+    path = Path(path)
+    return path if path.is_dir() else path.parent
+
+
+def state(model, opt, step, args, device):
+    """The checkpoint dict of a training run at `step`: enough to rebuild or resume it."""
+    return {"model_args": model.config, "model": model.state_dict(),
+            "optimizer": opt.state_dict(), "step": step, "args": vars(args),
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None}}
+
+
+def restore(ckpt, model, opt, lr, device):
+    """Load state() back into a fresh model and optimizer, with the learning rate `lr` (a
+    resumed run may lower it), and the random generators; returns the step."""
+    model.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["optimizer"])
+    for group in opt.param_groups:  # the stored state carries the old rate
+        group["lr"] = lr
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
+        torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
+    return ckpt["step"]
 
 
 def save(path, ckpt):
@@ -46,20 +56,20 @@ def save(path, ckpt):
 
 
 def load(path):
-    """Read a ckpt.pt written by train.py (its run folder works too); UserError otherwise."""
+    """Read a ckpt.pt written by train.py (its run folder works too); CheckpointError otherwise."""
     path = Path(path)
     if path.is_dir():
         path = path / "ckpt.pt"
     if not path.is_file():
-        raise UserError(f"no checkpoint at {path}")
+        raise CheckpointError(f"no checkpoint at {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a damaged or foreign file
-        raise UserError(f"{path} is not a readable checkpoint: damaged, truncated or not "
-                        f"written by train.py ({type(e).__name__})") from e
+        raise CheckpointError(f"{path} is not a readable checkpoint: damaged, truncated or not "
+                              f"written by train.py ({type(e).__name__})") from e
     missing = set(REQUIRED) - set(ckpt if isinstance(ckpt, dict) else {})
     if missing:
-        raise UserError(f"{path} is not a checkpoint of train.py: missing {sorted(missing)}")
+        raise CheckpointError(f"{path} is not a checkpoint of train.py: missing {sorted(missing)}")
     return ckpt
 
 
@@ -69,22 +79,27 @@ def rebuild_model(ckpt, device="cpu"):
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
-        raise UserError(f"the checkpoint's weights do not fit BetaVAE"
-                        f"({ckpt['model_args']}): {str(e).splitlines()[0]}") from e
+        raise CheckpointError(f"the checkpoint's weights do not fit BetaVAE"
+                              f"({ckpt['model_args']}): {str(e).splitlines()[0]}") from e
     return model.to(device).eval()
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Print what a train.py checkpoint holds.")
-    p.add_argument("ckpt", help="checkpoint written by train.py (or its run folder)")
-    ckpt = load(p.parse_args(argv).ckpt)
-    args = ckpt["args"]
+    """`python checkpoint.py CKPT`: the step, the model and the flags of a checkpoint."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or argv[0].startswith("-"):
+        raise CheckpointError("usage: python checkpoint.py CKPT (a ckpt.pt of train.py, or its "
+                              "folder)")
+    ckpt = load(argv[0])
+    flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
+             for k, v in sorted(ckpt["args"].items()) if v is not None and v is not False]
     print(f"step {ckpt['step']:,}; model {ckpt['model_args']}; "
           f"{sum(v.numel() for v in ckpt['model'].values()):,} parameters")
-    flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
-             for k, v in sorted(args.items()) if v is not None and v is not False]
     print("flags: " + " ".join(flags))
 
 
 if __name__ == "__main__":
-    dataset.run_script(main)
+    import checkpoint  # this file as a module, whose CheckpointError cli knows
+    import cli  # one-line errors, as in every script; the module itself needs torch and model.py
+
+    cli.run_script(checkpoint.main)

@@ -9,7 +9,6 @@ ever holds the whole set as float (that would be 12 GB). The official file is ke
 (377 MB), and so are rendered images: on CPU each one is drawn the first time a batch asks for
 it, on CUDA all of them are drawn at start-up.
 """
-import argparse
 import hashlib
 import math
 import os
@@ -25,7 +24,6 @@ import torch
 # Factors in official order, without the constant 'color' factor of the official file.
 FACTOR_NAMES = ("shape", "scale", "orientation", "posX", "posY")
 FACTOR_SIZES = (3, 6, 40, 32, 32)
-SHAPES = ("square", "ellipse", "heart")
 NUM_IMAGES = math.prod(FACTOR_SIZES)  # 737,280
 # index = dot(classes, BASES): posY varies fastest, as in the official file.
 BASES = tuple(math.prod(FACTOR_SIZES[i + 1:]) for i in range(len(FACTOR_SIZES)))
@@ -37,29 +35,8 @@ OFFICIAL_MD5 = "7da33b31b13a06f4b04a70402ce90c2e"
 DEFAULT_PATH = Path("data") / OFFICIAL_NAME
 
 
-class UserError(Exception):
-    """A mistake in what the user gave us (file, flag, checkpoint): one line, exit status 1."""
-
-
-def run_script(main):
-    """A script's entry point: exits with main()'s status, or with one line for a UserError."""
-    try:
-        sys.exit(main())
-    except UserError as e:
-        sys.exit(f"{Path(sys.argv[0]).name}: error: {e}")
-    except BrokenPipeError:  # the output's reader stopped early (`| head`): no traceback
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(1)
-
-
-def require(flag, value, low, strict=False, high=math.inf):
-    """A flag's number must be finite and at least `low` (above it if strict), at most `high`;
-    otherwise a UserError naming the flag and its allowed range."""
-    if not (math.isfinite(value) and (value > low if strict else value >= low) and value <= high):
-        bound = f"above {low}" if strict else f"at least {low}"
-        if high < math.inf:
-            bound += f" and at most {high}"
-        raise UserError(f"--{flag.replace('_', '-')} must be a finite number {bound}, got {value}")
+class DataError(Exception):
+    """A missing, damaged or foreign data file: one line, no traceback (cli.run_script)."""
 
 
 # ---------------------------------------------------------------- factor API
@@ -105,7 +82,7 @@ def _heart_table():
     """The two chains as one lookup table: `knots`, the v breakpoints of both, increasing, and for
     the interval that ends at each knot, each chain's segment as (v0, u0, dv, du). Then
     u(v) = u0 + (v - v0) / dv * du, np.interp's formula, costs one searchsorted and one gather
-    for both chains (3.3 -> 1.4 ms per batch of 64 against one interpolation per chain)."""
+    for both chains instead of one interpolation per chain."""
     inner_v, inner_u, outer_v, outer_u = _heart_chains()
     knots = torch.unique(torch.cat([inner_v, outer_v]))  # sorted; both start at the lobe top
     columns = []
@@ -183,8 +160,8 @@ class DSprites:
 
     packed: the official file's images, or all rendered ones; or None: a rendered store that
     draws each image from its factors the first time it is asked for and keeps it, so that from
-    the second epoch on a batch is a lookup (0.4 ms for 64 images on 2 CPU cores, rendering
-    them takes 3 ms). The store is allocated untouched: memory grows as images are drawn.
+    the second epoch on a batch is a lookup instead of a rendering. The store is allocated
+    untouched: memory grows as images are drawn.
     """
 
     def __init__(self, packed=None, device="cpu"):
@@ -251,17 +228,17 @@ def _read_packed_images(zf, chunk=16384):
             version, np.lib.format.read_array_header_2_0)
         shape, fortran, dtype = read_header(f)
         if shape != (NUM_IMAGES, IMAGE_SIZE, IMAGE_SIZE) or dtype != np.uint8 or fortran:
-            raise UserError(f"imgs must be uint8 {(NUM_IMAGES, IMAGE_SIZE, IMAGE_SIZE)}, "
+            raise DataError(f"imgs must be uint8 {(NUM_IMAGES, IMAGE_SIZE, IMAGE_SIZE)}, "
                             f"got {dtype} {shape}")
         packed = np.empty((NUM_IMAGES, IMAGE_SIZE, IMAGE_SIZE // 8), dtype=np.uint8)
         for start in range(0, NUM_IMAGES, chunk):
             n = min(chunk, NUM_IMAGES - start)
             buf = f.read(n * IMAGE_SIZE * IMAGE_SIZE)
             if len(buf) != n * IMAGE_SIZE * IMAGE_SIZE:
-                raise UserError("imgs ends early: the file is truncated")
+                raise DataError("imgs ends early: the file is truncated")
             block = np.frombuffer(buf, dtype=np.uint8).reshape(n, IMAGE_SIZE, IMAGE_SIZE)
             if block.max() > 1:
-                raise UserError("imgs must hold 0/1 values")
+                raise DataError("imgs must hold 0/1 values")
             packed[start:start + n] = np.packbits(block, axis=-1)
     return packed
 
@@ -270,30 +247,30 @@ def load_official(path):
     """Read the official npz into bit-packed (737280, 64, 8) uint8, checking what it holds."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"no dSprites file at {path}; pass --data PATH or --download")
+        raise DataError(f"no dSprites file at {path}; pass --data PATH or --download")
     try:
         with zipfile.ZipFile(path) as zf:
             keys = {Path(n).stem for n in zf.namelist()}
             missing = {"imgs", "latents_classes", "latents_values", "metadata"} - keys
             if missing:
-                raise UserError(f"not the dSprites file: missing {sorted(missing)}")
+                raise DataError(f"not the dSprites file: missing {sorted(missing)}")
             # Key names only: metadata is a Python-2 pickle, and nothing here needs to run it.
             _check_classes(np.load(zf.open("latents_classes.npy")))
             return _read_packed_images(zf)
-    except UserError as e:  # the checks above leave the path out; it is added once, here
-        raise UserError(f"{path}: {e}") from None
+    except DataError as e:  # the checks above leave the path out; it is added once, here
+        raise DataError(f"{path}: {e}") from None
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
-        raise UserError(f"{path} is not a readable npz ({e}); it may be truncated") from e
+        raise DataError(f"{path} is not a readable npz ({e}); it may be truncated") from e
 
 
 def _check_classes(classes):
     """The file's factor classes must be the official grid in the official order."""
     if classes.shape != (NUM_IMAGES, 6) or classes.dtype != np.int64:
-        raise UserError(f"latents_classes must be int64 ({NUM_IMAGES}, 6), "
+        raise DataError(f"latents_classes must be int64 ({NUM_IMAGES}, 6), "
                         f"got {classes.dtype} {classes.shape}")
     expected = index_to_factors(torch.arange(NUM_IMAGES)).numpy()
     if not np.array_equal(classes[:, 1:], expected):
-        raise UserError("latents_classes are not in the official order")
+        raise DataError("latents_classes are not in the official order")
 
 
 def download(dest=DEFAULT_PATH, url=OFFICIAL_URL, md5=OFFICIAL_MD5):
@@ -309,10 +286,10 @@ def download(dest=DEFAULT_PATH, url=OFFICIAL_URL, md5=OFFICIAL_MD5):
                 digest.update(block)
                 out.write(block)
         if digest.hexdigest() != md5:
-            raise UserError(f"download of {url} has MD5 {digest.hexdigest()}, expected {md5}")
+            raise DataError(f"download of {url} has MD5 {digest.hexdigest()}, expected {md5}")
         os.replace(tmp, dest)
     except OSError as e:
-        raise UserError(f"could not download {url}: {e}") from e
+        raise DataError(f"could not download {url}: {e}") from e
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -341,20 +318,11 @@ def load(data=None, download_missing=False, device="cpu"):
     return DSprites(packed.to(device), device)
 
 
-def add_data_argument(parser):
-    """The --data flag, the same in every script."""
-    parser.add_argument("--data", default=None,
-                        help=f"official dSprites npz (default: {DEFAULT_PATH} if present, "
-                             "else render offline)")
-
-
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_data_argument(parser)
-    parser.add_argument("--download", action="store_true",
-                        help="download the official file into data/ first (default: off)")
-    args = parser.parse_args()
-    data = load(args.data, args.download)
+def main(argv):
+    """`python dataset.py [--download]`: which source would be used, and a few images."""
+    if argv not in ([], ["--download"]):
+        raise DataError("usage: python dataset.py [--download]")
+    data = load(download_missing=bool(argv))
     idx = torch.tensor([0, 245760 + 40960 * 5 + 1024 * 10 + 32 * 16 + 16, NUM_IMAGES - 1])
     for i, img in zip(idx.tolist(), data.images(idx)):
         print(f"index {i}: factors {index_to_factors(torch.tensor(i)).tolist()}, "
@@ -362,4 +330,7 @@ def main():
 
 
 if __name__ == "__main__":
-    run_script(main)
+    try:
+        main(sys.argv[1:])
+    except DataError as e:
+        sys.exit(f"dataset.py: error: {e}")

@@ -22,8 +22,10 @@ import numpy as np
 import torch
 
 import checkpoint
+import cli
 import dataset
-from dataset import FACTOR_NAMES, FACTOR_SIZES, NUM_IMAGES, UserError, require
+import runlog
+from dataset import FACTOR_NAMES, FACTOR_SIZES, NUM_IMAGES
 from loss import kl_per_dim
 
 # Sample counts of disentanglement_lib's metric configs; --quick takes a tenth of the classifier
@@ -198,7 +200,7 @@ def encode_eval(model, data, drawn, batch_size=4096, log=None):
     finally:
         model.train(was_training)
     if not (np.isfinite(mu).all() and np.isfinite(logvar).all()):
-        raise UserError("the encoder returned non-finite values; the model is broken")
+        raise cli.UserError("the encoder returned non-finite values; the model is broken")
     return index, mu, logvar
 
 
@@ -261,16 +263,17 @@ def evaluate_seeds(model, data, seeds, quick=False, sample=False, batch_size=409
     return results
 
 
-SCORES = {"β-VAE score (Higgins 2017)": lambda r: r["beta_vae"]["eval_accuracy"],
-          "FactorVAE score (Kim 2018)": lambda r: r["factor_vae"]["eval_accuracy"],
-          "MIG (Chen 2018)": lambda r: r["mig"],
-          "MIG without shape": lambda r: r["mig_no_shape"]}
+# Each score's id (metrics.json, scores.csv, sweep summaries), printed name, and where a result holds it.
+SCORES = {"beta_vae": ("β-VAE score (Higgins 2017)", lambda r: r["beta_vae"]["eval_accuracy"]),
+          "factor_vae": ("FactorVAE score (Kim 2018)", lambda r: r["factor_vae"]["eval_accuracy"]),
+          "mig": ("MIG (Chen 2018)", lambda r: r["mig"]),
+          "mig_no_shape": ("MIG without shape", lambda r: r["mig_no_shape"])}
 
 
 def summary(results):
     """Each score's mean and population standard deviation (ddof 0) over several seeds' results."""
-    return {name: (float(np.mean([get(r) for r in results])),
-                   float(np.std([get(r) for r in results]))) for name, get in SCORES.items()}
+    return {key: (float(np.mean([get(r) for r in results])),
+                  float(np.std([get(r) for r in results]))) for key, (_, get) in SCORES.items()}
 
 
 # ---------------------------------------------------------------- report
@@ -278,38 +281,34 @@ def summary(results):
 def table(results):
     """The scores as a small text table; over several seeds, the mean and its spread."""
     first, spread = results[0], len(results) > 1
-    train = {"β-VAE score (Higgins 2017)": "beta_vae", "FactorVAE score (Kim 2018)": "factor_vae"}
-    notes = {"β-VAE score (Higgins 2017)": "" if all(r["beta_vae"]["converged"] for r in results)
+    notes = {"beta_vae": "" if all(r["beta_vae"]["converged"] for r in results)
              else "logistic regression did not converge",
-             "FactorVAE score (Kim 2018)": f"{first['factor_vae']['num_active_dims']}/"
-                                           f"{len(first['kl_per_dim'])} active latents"}
+             "factor_vae": f"{first['factor_vae']['num_active_dims']}/"
+                           f"{len(first['kl_per_dim'])} active latents"}
     lines = [f"{'score':28s} {'train':>6s} {'eval':>6s}" + ("   std" if spread else "")]
-    for name, (mean, std) in summary(results).items():
-        tr = f"{np.mean([r[train[name]]['train_accuracy'] for r in results]):.3f}" if (
-            name in train) else ""
-        lines.append(f"{name:28s} {tr:>6s} {mean:6.3f}" + (f" {std:5.3f}" if spread else "") +
-                     f"  {notes.get(name, '')}".rstrip())
+    for key, (mean, std) in summary(results).items():
+        tr = f"{np.mean([r[key]['train_accuracy'] for r in results]):.3f}" if (
+            key in ("beta_vae", "factor_vae")) else ""
+        lines.append(f"{SCORES[key][0]:28s} {tr:>6s} {mean:6.3f}" +
+                     (f" {std:5.3f}" if spread else "") + f"  {notes.get(key, '')}".rstrip())
     return "\n".join(lines)
 
 
 def plot_mi(result, path):
     """Heatmap of I(z_j; v_k) / H(v_k), latents (sorted by KL, largest first) x factors."""
-    from matplotlib.figure import Figure
-
     mi, kl = np.array(result["mi"]), np.array(result["kl_per_dim"])
     order = np.argsort(-kl, kind="stable")
-    fig = Figure(figsize=(6, 1.2 + 0.4 * len(order)))
-    ax = fig.subplots()
-    im = ax.imshow(mi[order], cmap="viridis", vmin=0, vmax=1, aspect="auto")
-    for i, row in enumerate(mi[order]):
-        for k, value in enumerate(row):
-            ax.text(k, i, f"{value:.2f}", ha="center", va="center", fontsize=8,
-                    color="black" if value > 0.6 else "white")
-    ax.set_xticks(range(mi.shape[1]), result["factors"])
-    ax.set_yticks(range(len(order)), [f"z{j} (KL {kl[j]:.2f})" for j in order])
-    ax.set_title(f"normalised MI I(z; v) / H(v); MIG {result['mig']:.3f}", fontsize=10)
-    fig.colorbar(im, ax=ax)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    with runlog.figure(path, (6, 1.2 + 0.4 * len(order))) as fig:
+        ax = fig.subplots()
+        im = ax.imshow(mi[order], cmap="viridis", vmin=0, vmax=1, aspect="auto")
+        for i, row in enumerate(mi[order]):
+            for k, value in enumerate(row):
+                ax.text(k, i, f"{value:.2f}", ha="center", va="center", fontsize=8,
+                        color="black" if value > 0.6 else "white")
+        ax.set_xticks(range(mi.shape[1]), result["factors"])
+        ax.set_yticks(range(len(order)), [f"z{j} (KL {kl[j]:.2f})" for j in order])
+        ax.set_title(f"normalised MI I(z; v) / H(v); MIG {result['mig']:.3f}", fontsize=10)
+        fig.colorbar(im, ax=ax)
 
 
 def build_parser():
@@ -328,48 +327,37 @@ def build_parser():
     p.add_argument("--sample", action="store_true",
                    help="represent each image by a posterior sample instead of the encoder mean "
                         "(default: off, mean)")
-    dataset.add_data_argument(p)
-    checkpoint.add_device_argument(p)
+    cli.add_data_arguments(p)
+    cli.add_device_argument(p)
     p.add_argument("--batch-size", type=int, default=4096,
                    help="images drawn and encoded per batch; on CPU the encoder takes them 64 at "
                         "a time (default: 4096)")
     return p
 
 
-def main(argv=None, **counts):
-    """The command line; counts (plan() keywords) are for tests only and override --quick."""
+def main(argv=None):
     args = build_parser().parse_args(argv)
-    require("batch-size", args.batch_size, 1)
-    for seed in args.seed:
-        require("seed", seed, 0, high=2**31 - 1)
-    if len(set(args.seed)) < len(args.seed):
-        raise UserError(f"--seed values must differ, got {' '.join(map(str, args.seed))}")
-    device = checkpoint.pick_device(args.device)
-    path = Path(args.ckpt)
-    out = path if path.is_dir() else path.parent
+    cli.require("batch-size", args.batch_size, 1)
+    cli.require_seeds(args.seed)
+    device = cli.pick_device(args.device)
+    path, out = Path(args.ckpt), checkpoint.run_dir(args.ckpt)
     ckpt = checkpoint.load(path)
     model = checkpoint.rebuild_model(ckpt, device)
-    data = dataset.load(args.data, device=device)
+    data = dataset.load(args.data, args.download, device)
     print(f"evaluating {path} (step {ckpt['step']}) on {device}: "
           f"{'quick' if args.quick else 'full'} protocol, seed {', '.join(map(str, args.seed))}, "
           f"{'posterior sample' if args.sample else 'encoder mean'}")
-    tty = sys.stdout.isatty()
+    def log(done, total):  # on a terminal every batch; in a log file the first and the last
+        if sys.stdout.isatty() or done == total or done <= args.batch_size:
+            runlog.show(f"encoding {total:,} distinct images: {done:,} done", final=done == total)
 
-    def log(done, total):
-        line = f"encoding {total:,} distinct images: {done:,} done"
-        if tty:
-            print("\r" + line, end="\n" if done == total else "", flush=True)
-        elif done == total or done <= args.batch_size:
-            print(line, flush=True)
-
-    results = evaluate_seeds(model, data, args.seed, args.quick, args.sample, args.batch_size,
-                             log, **counts)
+    results = evaluate_seeds(model, data, args.seed, args.quick, args.sample, args.batch_size, log)
     # The first seed's result in full; with several seeds, every seed's scores and their spread.
     metrics = {"checkpoint": str(path), "step": ckpt["step"], "device": str(device),
                "data": "rendered" if data.source == "rendered" else
                str(args.data or dataset.DEFAULT_PATH), "quick": args.quick, **results[0]}
     if len(results) > 1:
-        metrics["by_seed"] = [{"seed": r["seed"], **{name: get(r) for name, get in SCORES.items()}}
+        metrics["by_seed"] = [{"seed": r["seed"], **{k: get(r) for k, (_, get) in SCORES.items()}}
                               for r in results]
         metrics["mean_std"] = summary(results)
     # A quick look never overwrites the full protocol's results (traverse.py reads metrics.json).
@@ -386,4 +374,4 @@ def main(argv=None, **counts):
 
 
 if __name__ == "__main__":
-    dataset.run_script(main)
+    cli.run_script(main)

@@ -27,6 +27,10 @@ import types
 import torch
 from torch import nn
 
+# mallopt's parameter numbers, from glibc's <malloc.h>.
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+
 
 def process_settings():
     """Process-wide settings: flush-to-zero, cuDNN's kernel search and the heap thresholds
@@ -38,8 +42,8 @@ def process_settings():
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return
-    libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: blocks below 32 MB come from the heap
-    libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD: keep up to 256 MB of freed heap
+    libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)  # blocks below 32 MB come from the heap
+    libc.mallopt(M_TRIM_THRESHOLD, 256 << 20)  # keep up to 256 MB of freed heap
 
 
 class _UpConv(torch.autograd.Function):

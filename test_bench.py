@@ -15,7 +15,8 @@ import torch
 import bench
 import checkpoint
 import speed
-from dataset import UserError
+from checkpoint import CheckpointError
+from cli import UserError
 from model import BetaVAE
 
 REPO = Path(__file__).resolve().parent
@@ -151,7 +152,7 @@ def test_bench_refuses_a_checkpoint_of_another_model(tmp_path):
     ckpt.update(model_args=BetaVAE().config,
                 model={k.replace("encoder", "enc"): v for k, v in ckpt["model"].items()})
     checkpoint.save(tmp_path / "ckpt.pt", ckpt)
-    with pytest.raises(UserError, match="the checkpoint's weights do not fit BetaVAE"):
+    with pytest.raises(CheckpointError, match="the checkpoint's weights do not fit BetaVAE"):
         bench.main(["--ckpt", str(tmp_path)])
-    with pytest.raises(UserError, match="no checkpoint at"):
+    with pytest.raises(CheckpointError, match="no checkpoint at"):
         bench.main(["--ckpt", str(tmp_path / "missing")])

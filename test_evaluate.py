@@ -17,7 +17,9 @@ import dataset
 import evaluate
 import train
 from model import BetaVAE
-from dataset import FACTOR_NAMES, FACTOR_SIZES, NUM_IMAGES, UserError
+from checkpoint import CheckpointError
+from cli import UserError
+from dataset import FACTOR_NAMES, FACTOR_SIZES, NUM_IMAGES
 
 # A tenth of the classifier samples, as --quick; MIG and the variance estimate keep 10,000.
 SMALL = dict(n_beta_train=1000, n_beta_eval=500, n_fvae_train=1000, n_fvae_eval=500)
@@ -180,13 +182,12 @@ def checkpoint(tmp_path_factory):
     return out / "ckpt.pt"
 
 
-def test_cli_writes_metrics_and_figure(checkpoint, capsys):
+def test_cli_writes_metrics_and_figure(checkpoint, capsys, tiny_protocol):
     """--quick writes metrics_quick.json and its figure, leaving a full run's metrics.json alone."""
     full = checkpoint.parent / "metrics.json"
     full.write_text('{"full": true}')
     (checkpoint.parent / "latent_factor_mi.png").unlink(missing_ok=True)
-    assert evaluate.main([str(checkpoint), "--quick", "--device", "cpu", "--seed", "3"],
-                         **TINY) == 0
+    assert evaluate.main([str(checkpoint), "--quick", "--device", "cpu", "--seed", "3"]) == 0
     printed = capsys.readouterr().out
     assert "β-VAE score" in printed and "MIG" in printed
     assert full.read_text() == '{"full": true}'
@@ -197,7 +198,7 @@ def test_cli_writes_metrics_and_figure(checkpoint, capsys):
         assert key in metrics, key
     assert metrics["step"] == 2 and metrics["seed"] == 3 and metrics["quick"]
     assert metrics["data"] in ("rendered", str(dataset.DEFAULT_PATH))
-    assert metrics["counts"] == {**evaluate.PROTOCOL, **TINY}
+    assert metrics["counts"] == tiny_protocol
     assert np.array(metrics["mi"]).shape == (10, 5)
     for value in (metrics["mig"], metrics["beta_vae"]["eval_accuracy"],
                   metrics["factor_vae"]["eval_accuracy"]):
@@ -205,15 +206,14 @@ def test_cli_writes_metrics_and_figure(checkpoint, capsys):
     assert (checkpoint.parent / "latent_factor_mi_quick.png").stat().st_size > 1000
 
 
-def test_cli_several_seeds_writes_mean_and_std(checkpoint, capsys):
+def test_cli_several_seeds_writes_mean_and_std(checkpoint, capsys, tiny_protocol):
     """--seed 0 1 2: by_seed has 3 results, mean_std their mean and std, the table a std column."""
-    assert evaluate.main([str(checkpoint), "--device", "cpu", "--seed", "0", "1", "2"],
-                         **TINY) == 0
+    assert evaluate.main([str(checkpoint), "--device", "cpu", "--seed", "0", "1", "2"]) == 0
     printed = capsys.readouterr().out
     metrics = json.loads((checkpoint.parent / "metrics.json").read_text())
     by_seed, mean_std = metrics["by_seed"], metrics["mean_std"]
     assert [r["seed"] for r in by_seed] == [0, 1, 2] and metrics["seed"] == 0
-    assert by_seed[0]["MIG (Chen 2018)"] == metrics["mig"]
+    assert by_seed[0]["mig"] == metrics["mig"]
     assert set(mean_std) == set(evaluate.SCORES)
     for name, (mean, std) in mean_std.items():
         values = [r[name] for r in by_seed]
@@ -222,14 +222,13 @@ def test_cli_several_seeds_writes_mean_and_std(checkpoint, capsys):
     header = next(line for line in printed.splitlines() if line.startswith("score"))
     assert header.split() == ["score", "train", "eval", "std"]
     mig_row = next(line for line in printed.splitlines() if line.startswith("MIG (Chen"))
-    assert mig_row.split()[-2:] == [f"{mean_std['MIG (Chen 2018)'][0]:.3f}",
-                                     f"{mean_std['MIG (Chen 2018)'][1]:.3f}"]
+    assert mig_row.split()[-2:] == [f"{mean_std['mig'][0]:.3f}", f"{mean_std['mig'][1]:.3f}"]
 
 
 def test_user_errors(tmp_path):
     broken = tmp_path / "ckpt.pt"
     broken.write_bytes(b"not a checkpoint")
-    with pytest.raises(UserError, match="not a readable checkpoint"):
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
         evaluate.main([str(broken)])
     with pytest.raises(UserError, match="--batch-size"):
         evaluate.main([str(broken), "--batch-size", "0"])

@@ -9,6 +9,7 @@ import numpy as np
 import checkpoint
 import dataset
 import evaluate
+import train
 import traverse
 
 ROOT = Path(__file__).parent
@@ -58,3 +59,19 @@ def test_readme_gifs_come_from_the_shipped_checkpoint(tmp_path):
     table = (tmp_path / "traversals.md").read_text().replace(tmp_path.as_posix(), "gif")
     assert table == (GIF / "traversals.md").read_text()
     assert table.splitlines()[0] in (ROOT / "README.md").read_text()
+
+
+def test_shipped_recipe_runs_resume_under_the_current_code(tmp_path):
+    """A shipped run folder (checkpoint and log) resumes for one more step and keeps its flags."""
+    run = tmp_path / "pytorch_init"
+    run.mkdir()
+    for name in ("ckpt.pt", "losses.csv"):
+        (run / name).write_bytes((ROOT / "results" / "recipe" / "pytorch_init" / name).read_bytes())
+    before = checkpoint.load(run)
+    assert train.main(["--resume", str(run), "--epochs", "3",  # it was trained for 2
+                       "--max-steps", str(before["step"] + 1)]) == 0
+    after = checkpoint.load(run)
+    assert after["step"] == before["step"] + 1
+    given = ("epochs", "max_steps", "resume", "out")  # out: where the folder is now
+    assert {k: v for k, v in after["args"].items() if k not in given} == {
+        k: v for k, v in before["args"].items() if k not in given}

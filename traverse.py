@@ -19,9 +19,11 @@ import numpy as np
 import torch
 
 import checkpoint
+import cli
 import dataset
 import evaluate
-from dataset import FACTOR_NAMES, UserError, require
+import runlog
+from dataset import FACTOR_NAMES
 
 # Four fixed samples as factor classes (shape, scale, orientation, posX, posY): a square, an
 # ellipse and a heart, mid-sized and off-centre, and a small rotated heart near a corner.
@@ -40,7 +42,7 @@ def parse_indices(text):
     except ValueError:
         index = []
     if not index or not all(0 <= i < dataset.NUM_IMAGES for i in index):
-        raise UserError(f"--samples must be comma-separated dSprites indices, each in "
+        raise cli.UserError(f"--samples must be comma-separated dSprites indices, each in "
                         f"[0, {dataset.NUM_IMAGES}), got {text!r}")
     return index
 
@@ -85,8 +87,7 @@ def write_gifs(model, xs, out, limit, n_frames):
 def latent_info(ckpt_path, step, model, data):
     """Normalised MI (latents x factors) and KL per latent: from the run's metrics.json when it
     belongs to this checkpoint's step, else computed on MIG's 10,000 images."""
-    path = Path(ckpt_path)
-    metrics = (path if path.is_dir() else path.parent) / "metrics.json"
+    metrics = checkpoint.run_dir(ckpt_path) / "metrics.json"
     if metrics.exists():
         with open(metrics) as f:
             m = json.load(f)
@@ -114,39 +115,33 @@ def markdown_table(labels, n_rows, out, width=96):
 
 
 def write_grid(model, x, path, limit, n_frames, labels, order):
-    from matplotlib.figure import Figure
-
     values = torch.linspace(-limit, limit, n_frames)
     rows = [traverse(model, x[None], k, values).numpy() for k in order]
-    fig = Figure(figsize=(n_frames * 0.8, len(rows) * 0.8))
-    axes = fig.subplots(len(rows), n_frames, squeeze=False)
-    for k, (imgs, label) in enumerate(zip(rows, [labels[k] for k in order])):
-        for j, img in enumerate(imgs):
-            ax = axes[k, j]
-            ax.imshow(img, cmap="gray", vmin=0, vmax=1)
-            ax.set_xticks([]), ax.set_yticks([])
-            if j == 0:
-                ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
-            if k == len(rows) - 1:
-                ax.set_xlabel(f"{values[j].item():.1f}", fontsize=7)
-    fig.suptitle("latent traversals (rows: latents by KL, columns: z value)", fontsize=9)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    with runlog.figure(path, (n_frames * 0.8, len(rows) * 0.8)) as fig:
+        axes = fig.subplots(len(rows), n_frames, squeeze=False)
+        for k, (imgs, label) in enumerate(zip(rows, [labels[k] for k in order])):
+            for j, img in enumerate(imgs):
+                ax = axes[k, j]
+                ax.imshow(img, cmap="gray", vmin=0, vmax=1)
+                ax.set_xticks([]), ax.set_yticks([])
+                if j == 0:
+                    ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+                if k == len(rows) - 1:
+                    ax.set_xlabel(f"{values[j].item():.1f}", fontsize=7)
+        fig.suptitle("latent traversals (rows: latents by KL, columns: z value)", fontsize=9)
 
 
 def write_reconstructions(model, xs, path):
-    from matplotlib.figure import Figure
-
     with torch.no_grad():
         recon = torch.sigmoid(model(xs)[0])[:, 0]
-    fig = Figure(figsize=(len(xs) * 1.3, 2.8))
-    axes = fig.subplots(2, len(xs), squeeze=False)
-    for j in range(len(xs)):
-        for i, img in enumerate((xs[j, 0], recon[j])):
-            axes[i, j].imshow(img.numpy(), cmap="gray", vmin=0, vmax=1)
-            axes[i, j].set_xticks([]), axes[i, j].set_yticks([])
-    axes[0, 0].set_ylabel("input")
-    axes[1, 0].set_ylabel("reconstruction")
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    with runlog.figure(path, (len(xs) * 1.3, 2.8)) as fig:
+        axes = fig.subplots(2, len(xs), squeeze=False)
+        for j in range(len(xs)):
+            for i, img in enumerate((xs[j, 0], recon[j])):
+                axes[i, j].imshow(img.numpy(), cmap="gray", vmin=0, vmax=1)
+                axes[i, j].set_xticks([]), axes[i, j].set_yticks([])
+        axes[0, 0].set_ylabel("input")
+        axes[1, 0].set_ylabel("reconstruction")
 
 
 def main(argv=None):
@@ -160,15 +155,15 @@ def main(argv=None):
     p.add_argument("--samples", default=default_samples,
                    help="comma-separated dSprites indices, one GIF row each "
                         f"(default: {default_samples}: a square, an ellipse and two hearts)")
-    dataset.add_data_argument(p)
+    cli.add_data_arguments(p)
     args = p.parse_args(argv)
-    require("frames", args.frames, 2, high=MAX_FRAMES)
-    require("limit", args.limit, 0, strict=True)
+    cli.require("frames", args.frames, 2, high=MAX_FRAMES)
+    cli.require("limit", args.limit, 0, strict=True)
     samples = parse_indices(args.samples)
 
     ckpt = checkpoint.load(args.ckpt)
     model = checkpoint.rebuild_model(ckpt)
-    data = dataset.load(args.data)
+    data = dataset.load(args.data, args.download)
     xs = dataset.as_input(data.images(torch.tensor(samples)))  # S, 1, 64, 64
     out = Path(args.out)
     paths = write_gifs(model, xs, out, args.limit, args.frames)
@@ -185,4 +180,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    dataset.run_script(main)
+    cli.run_script(main)

@@ -1,0 +1,79 @@
+"""What every script shares about its command line: flags, their checks, and one-line errors.
+
+A user's mistake (a missing file, a bad flag, a nonsense number, a damaged checkpoint) ends the
+script with one line on stderr and exit status 1, before any work, never with a traceback.
+"""
+import math
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+import checkpoint
+import dataset
+
+
+class UserError(Exception):
+    """A mistake in what the user gave (flag, number, folder): one line, exit status 1."""
+
+
+# The lower modules raise their own errors, so that they can be copied without this file.
+USER_ERRORS = (UserError, dataset.DataError, checkpoint.CheckpointError)
+
+
+def run_script(main):
+    """A script's entry point: exits with main()'s status, or with one line for a user error."""
+    try:
+        sys.exit(main())
+    except USER_ERRORS as e:
+        sys.exit(f"{Path(sys.argv[0]).name}: error: {e}")
+    except BrokenPipeError:  # the output's reader stopped early (`| head`): no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+
+
+def require(flag, value, low, strict=False, high=math.inf):
+    """A flag's number must be finite and at least `low` (above it if strict), at most `high`;
+    otherwise a UserError naming the flag and its allowed range."""
+    if not (math.isfinite(value) and (value > low if strict else value >= low) and value <= high):
+        bound = f"above {low}" if strict else f"at least {low}"
+        if high < math.inf:
+            bound += f" and at most {high}"
+        raise UserError(f"--{flag.replace('_', '-')} must be a finite number {bound}, got {value}")
+
+
+def require_seeds(seeds, flag="seed"):
+    """Seeds are integers in [0, 2³¹ − 1] (numpy's and torch's generators take them), distinct."""
+    for seed in seeds:
+        require(flag, seed, 0, high=2**31 - 1)
+    if len(set(seeds)) < len(seeds):
+        raise UserError(f"--{flag} values must differ, got {' '.join(map(str, seeds))}")
+
+
+def add_device_argument(parser, default="auto"):
+    """The --device flag, the same in every script."""
+    parser.add_argument("--device", default=default, choices=["auto", "cpu", "cuda", "mps"],
+                        help=f"auto picks cuda, then mps, then cpu (default: {default})")
+
+
+def pick_device(name):
+    """The torch device for --device; a clear error when the one asked for is missing."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: CUDA is not available here; use --device cpu or auto")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device mps: MPS is not available here; use --device cpu or auto")
+    return torch.device(name)
+
+
+def add_data_arguments(parser):
+    """--data and --download, the same in every script; dataset.load(args.data, args.download)."""
+    parser.add_argument("--data", default=None,
+                        help=f"official dSprites npz (default: {dataset.DEFAULT_PATH} if present, "
+                             "else render offline)")
+    parser.add_argument("--download", action="store_true",
+                        help="download the official file into data/ first (default: off)")

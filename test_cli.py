@@ -1,0 +1,63 @@
+"""cli.py: number checks, and user mistakes ending in one line with exit status 1."""
+import subprocess
+import sys
+
+import pytest
+
+import cli
+from conftest import HANG, HERE, run_script
+
+
+def test_require_names_the_flag_and_its_range():
+    cli.require("beta", 0.0, 0)
+    cli.require("lr", 1e-4, 0, strict=True)
+    for value, low, strict, message in [
+            (-1.0, 0, False, "--beta must be a finite number at least 0, got -1.0"),
+            (float("nan"), 0, False, "got nan"), (float("inf"), 0, False, "got inf"),
+            (0.0, 0, True, "--beta must be a finite number above 0, got 0.0")]:
+        with pytest.raises(cli.UserError, match=message):
+            cli.require("beta", value, low, strict=strict)
+    with pytest.raises(cli.UserError, match="--max-frames must be .* at most 200, got 201"):
+        cli.require("max_frames", 201, 2, high=200)
+
+
+def test_seeds_are_distinct_integers_in_range():
+    cli.require_seeds([0, 1, 2**31 - 1])
+    with pytest.raises(cli.UserError, match="--seed must be a finite number at least 0 and at "
+                                            "most 2147483647, got 2147483648"):
+        cli.require_seeds([0, 2**31])
+    with pytest.raises(cli.UserError, match="--seed values must differ, got 1 2 1"):
+        cli.require_seeds([1, 2, 1])
+
+
+def test_device_choice_names_what_is_missing(monkeypatch):
+    assert cli.pick_device("cpu").type == "cpu"
+    monkeypatch.setattr(cli.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(cli.torch.backends.mps, "is_available", lambda: False)
+    assert cli.pick_device("auto").type == "cpu"
+    with pytest.raises(cli.UserError, match="--device cuda: CUDA is not available here"):
+        cli.pick_device("cuda")
+    with pytest.raises(cli.UserError, match="--device mps: MPS is not available here"):
+        cli.pick_device("mps")
+
+
+def test_cli_errors_are_one_line_and_nonzero(tmp_path):
+    for args, fragment in [
+        (["traverse.py", str(tmp_path / "none.pt")], "no checkpoint at"),
+        (["train.py", "--data", str(tmp_path / "none.npz"), "--out", str(tmp_path / "x")],
+         "no dSprites file at"),
+        (["evaluate.py", str(tmp_path), "--seed", "0", "-1"], "--seed must be a finite number"),
+        (["checkpoint.py"], "usage: python checkpoint.py CKPT"),
+        (["dataset.py", "--bogus"], "usage: python dataset.py [--download]"),
+    ]:
+        r = run_script(*args)
+        assert r.returncode == 1 and r.stderr.count("\n") == 1 and fragment in r.stderr, r.stderr
+
+
+def test_output_piped_into_a_reader_that_stops_ends_without_a_traceback(run40):
+    """`python checkpoint.py RUN | head -1`: the reader is gone before the script prints."""
+    proc = subprocess.Popen([sys.executable, "checkpoint.py", str(run40)], cwd=HERE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # while the script still imports torch
+    assert proc.wait(timeout=HANG) == 1
+    assert proc.stderr.read() == ""
