@@ -1,15 +1,27 @@
-"""The β-VAE objective: a Bernoulli ELBO with a weighted KL term. Pure functions of tensors.
+"""The β-VAE objectives: a Bernoulli ELBO with a weighted KL term. Pure functions of tensors.
 
-    python loss.py        # checks the closed-form KL against torch.distributions
+    python loss.py        # checks the closed-form KL and the β-TCVAE estimator against
+                          # torch.distributions
 
-Two objectives (README, "ELBO Loss"):
-  H (Higgins et al. 2017, eq. 4):  L = recon + β · KL
-  B (Burgess et al. 2018, eq. 8):  L = recon + γ · |KL − C|,  C raised linearly from 0 to C_max
+Three objectives (README, "ELBO Loss"):
+  H  (Higgins et al. 2017, eq. 4):  L = recon + β · KL
+  B  (Burgess et al. 2018, eq. 8):  L = recon + γ · |KL − C|,  C raised linearly from 0 to C_max
+  TC (Chen et al. 2018, "Isolating Sources of Disentanglement in VAEs", eq. 4, α = γ = 1):
+                                    L = recon + I + β · TC + Σ_j KL(q(z_j) || p(z_j))
+     where KL(q(z|x) || p(z)) averaged over the data splits into the index-code mutual
+     information I = E[log q(z|x) − log q(z)], the total correlation
+     TC = E[log q(z) − Σ_j log q(z_j)] and the dimension-wise KL E[Σ_j log q(z_j) − log p(z)]
+     (eq. 2). The aggregate posterior q(z) = 1/N Σ_n q(z|x_n) is estimated from the batch by
+     minibatch stratified sampling (section 4.1, appendix C.2): tc_parts().
 Each returns its parts, so callers can log them; every term is summed over pixels or latent
 dimensions and averaged over the batch, so β keeps the meaning it has in the papers.
 """
+import math
+
 import torch
 import torch.nn.functional as F
+
+LOG_2PI = math.log(2 * math.pi)
 
 
 def reconstruction_loss(logits, x):
@@ -31,27 +43,120 @@ def linear_ramp(step, final, steps):
     return final * min(step / steps, 1.0) if steps else final
 
 
-def beta_vae_loss(logits, x, mu, logvar, objective="H", beta=4.0, gamma=1000.0, c=0.0):
-    """Total loss and its parts: dict(loss, recon, kl, kl_per_dim).
+def log_normal(z, mu, logvar):
+    """log N(z; mu, exp(logvar)) elementwise (broadcasting), one value per latent dimension."""
+    return -0.5 * (LOG_2PI + logvar + (z - mu).pow(2) * torch.exp(-logvar))
+
+
+def mss_log_weights(batch_size, dataset_size, dtype=torch.float32, device=None):
+    """(M, M) log importance weights of minibatch stratified sampling (Chen et al. 2018, C.2).
+
+    Row i estimates q(z_i) = 1/N Σ_n q(z_i|x_n) from the batch, for the z_i drawn from sample i's
+    own posterior. The dataset splits into two strata: {x_i} itself, whose term is known exactly
+    (weight 1/N), and the N − 1 other images, of which the batch holds a uniform sample of M − 1
+    without replacement; each other image is in it with probability (M − 1)/(N − 1), so the
+    weight (N − 1) / (N (M − 1)) on each of them makes the estimate of q(z_i) unbiased:
+        diagonal (own posterior): 1 / N,   off-diagonal: (N − 1) / (N (M − 1)).
+    With M = N every weight is 1/N and the estimate is exact. Needs 2 <= M <= N.
+    """
+    M, N = batch_size, dataset_size
+    if M < 2:
+        raise ValueError(f"minibatch stratified sampling needs a batch of at least 2, got {M}: "
+                         "one sample says nothing about the other N - 1 posteriors in q(z)")
+    if N < M:
+        raise ValueError(f"dataset_size {N} is smaller than the batch ({M}); the batch must be "
+                         "distinct images of the dataset")
+    # In Python floats (double) before the cast: 1/N is ~1e-6 for dSprites.
+    log_own = -math.log(N)
+    log_other = math.log(N - 1) - math.log(N) - math.log(M - 1)
+    w = torch.full((M, M), log_other, dtype=dtype, device=device)
+    w.fill_diagonal_(log_own)
+    return w
+
+
+def tc_parts(z, mu, logvar, dataset_size):
+    """Per-sample log densities of the β-TCVAE decomposition (Chen et al. 2018, eq. 2 and C.2).
+
+    z, mu, logvar: (M, d); z[i] is a sample of sample i's posterior N(mu[i], exp(logvar[i])),
+    the batch a uniform sample without replacement of a dataset of dataset_size = N images.
+    Returns a dict of tensors, each per sample (M,) unless noted:
+      log_qz_x:     log q(z_i|x_i), exact, summed over dimensions
+      log_qz:       log q(z_i), the MSS estimate  log Σ_m w_im q(z_i|x_m)   (mss_log_weights)
+      log_qzj:      (M, d) log q(z_ij) per dimension, the same estimate per dimension
+      log_prod_qzj: Σ_j log q(z_ij)
+      log_pz:       log p(z_i) under the prior N(0, I)
+    exp(log_qz) and exp(log_qzj) are unbiased estimates of q(z_i) and q(z_ij) over the batches
+    that contain sample i; their logs, the paper's estimator, are biased low (Jensen).
+    Raises ValueError for a batch of fewer than 2 or larger than N.
+    """
+    if z.dim() != 2 or z.shape != mu.shape or mu.shape != logvar.shape:
+        raise ValueError(f"z, mu and logvar must be (batch, latent) of one shape, got "
+                         f"{tuple(z.shape)}, {tuple(mu.shape)}, {tuple(logvar.shape)}")
+    M = z.shape[0]
+    log_w = mss_log_weights(M, dataset_size, z.dtype, z.device)  # (M, M)
+    # log q(z_ij | x_m) for every pair (i, m) and dimension j: (M, M, d). The weights enter in
+    # log space and the sums over m go through logsumexp: over 10 dimensions a narrow posterior's
+    # own density overflows float32 (e^88) and a wide one's, times 1/N, underflows it.
+    log_q_pairs = log_normal(z.unsqueeze(1), mu.unsqueeze(0), logvar.unsqueeze(0))
+    log_qz = torch.logsumexp(log_q_pairs.sum(2) + log_w, dim=1)  # joint density: dims summed
+    log_qzj = torch.logsumexp(log_q_pairs + log_w.unsqueeze(2), dim=1)  # each dimension alone
+    return {
+        "log_qz_x": log_normal(z, mu, logvar).sum(1),
+        "log_qz": log_qz,
+        "log_qzj": log_qzj,
+        "log_prod_qzj": log_qzj.sum(1),
+        "log_pz": -0.5 * (LOG_2PI + z.pow(2)).sum(1),
+    }
+
+
+def beta_vae_loss(logits, x, mu, logvar, objective="H", beta=4.0, gamma=1000.0, c=0.0, z=None,
+                  dataset_size=None):
+    """Total loss and its parts: dict(loss, recon, kl, kl_per_dim), and for "TC" mi, tc, dw_kl.
 
     objective "H": recon + beta * KL.  objective "B": recon + gamma * |KL - c| (c: linear_ramp()).
+    objective "TC": recon + mi + beta * tc + dw_kl (Chen et al. 2018, eq. 4 with α = γ = 1);
+    needs z, the (B, d) posterior sample decoded into logits (not detached: the estimates are
+    reparameterised through it), and dataset_size, the N images the batch was drawn from
+    (737,280 for dSprites). mi, tc and dw_kl are batch means of the estimates of tc_parts();
+    they sum to the mean of log q(z|x) − log p(z), a one-sample estimate of the closed-form KL,
+    which is still reported as kl (and kl_per_dim) for comparison.
     """
     recon = reconstruction_loss(logits, x)
     kl_dims = kl_per_dim(mu, logvar)
     kl = kl_dims.sum()
+    parts = {}
     if objective == "H":
         total = recon + beta * kl
     elif objective == "B":
         total = recon + gamma * (kl - c).abs()
+    elif objective == "TC":
+        if z is None or dataset_size is None:
+            raise ValueError("objective 'TC' needs z (the posterior sample decoded into logits) "
+                             "and dataset_size (the number of images in the dataset)")
+        t = tc_parts(z, mu, logvar, dataset_size)
+        parts = {
+            "mi": (t["log_qz_x"] - t["log_qz"]).mean(),  # index-code mutual information
+            "tc": (t["log_qz"] - t["log_prod_qzj"]).mean(),  # total correlation
+            "dw_kl": (t["log_prod_qzj"] - t["log_pz"]).mean(),  # Σ_j KL(q(z_j) || p(z_j))
+        }
+        total = recon + parts["mi"] + beta * parts["tc"] + parts["dw_kl"]
     else:
-        raise ValueError(f"unknown objective {objective!r}; choose from 'H', 'B'")
-    return {"loss": total, "recon": recon, "kl": kl, "kl_per_dim": kl_dims}
+        raise ValueError(f"unknown objective {objective!r}; choose from 'H', 'B', 'TC'")
+    return {"loss": total, "recon": recon, "kl": kl, "kl_per_dim": kl_dims, **parts}
 
 
 if __name__ == "__main__":
-    from torch.distributions import Normal, kl_divergence
+    from torch.distributions import Independent, Normal, kl_divergence
 
     mu, logvar = torch.randn(8, 10), torch.randn(8, 10)
     closed = kl_per_dim(mu, logvar)
     ref = kl_divergence(Normal(mu, (0.5 * logvar).exp()), Normal(0.0, 1.0)).mean(0)
     print(f"max |closed form - torch.distributions| = {(closed - ref).abs().max():.2e}")
+
+    # A batch that is the whole dataset (M = N): every MSS weight is 1/N and the estimate of
+    # log q(z) is the exact log of the mixture 1/N Σ_n q(z|x_n).
+    post = Independent(Normal(mu, (0.5 * logvar).exp()), 1)
+    z = post.sample()
+    exact = torch.logsumexp(post.log_prob(z.unsqueeze(1)), dim=1) - math.log(len(z))
+    mss = tc_parts(z, mu, logvar, dataset_size=len(z))["log_qz"]
+    print(f"max |MSS log q(z) at M = N - exact mixture| = {(mss - exact).abs().max():.2e}")
