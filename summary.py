@@ -1,0 +1,163 @@
+"""The summary of a sweep folder: one row per trial, mean ± std per setting, and the picture.
+
+    python summary.py results/study        # rewrites summary.csv, summary.md and summary.png
+
+Reads every run folder in the sweep folder (ckpt.pt, losses.csv, metrics.json, status.json) and
+writes summary.csv (one row per trial: its flags, step, reconstruction and KL per image over the
+last 500 steps, latents with KL >= 0.5 nats, the scores, and for each factor the best normalised
+MI and the latent holding it), summary.md (per setting, the trials that differ only in seed:
+mean ± std over seeds) and summary.png (each score per setting, one point per seed and the
+mean). sweep.py rewrites them whenever a trial ends.
+"""
+import csv
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+
+import checkpoint
+import cli
+import runlog
+from dataset import FACTOR_NAMES
+from evaluate import SCORES
+
+TAIL_STEPS = 500  # losses averaged over the last 500 steps
+ACTIVE_KL = 0.5  # nats: a latent at or above this counts as on
+# Flags of the run that say what it is (summary columns), in this order.
+FLAGS = ("objective", "beta", "gamma", "c_max", "c_steps", "latent_dim", "batch_size", "lr",
+         "init", "warmup_steps", "epochs", "seed")
+
+
+def setting(name):
+    """A trial's setting: its name without the seed (trials of one setting differ in seed)."""
+    return re.sub(r"_seed\d+", "", name)
+
+
+def tail_losses(losses_csv, step):
+    """Mean reconstruction and KL over the logged rows of the last TAIL_STEPS steps, and the
+    number of latents whose mean KL there is at least ACTIVE_KL."""
+    cols = runlog.read_columns(losses_csv) if losses_csv.exists() else {}
+    keep = [i for i, s in enumerate(cols.get("step", [])) if step - TAIL_STEPS < s <= step]
+    if not keep:
+        return {}
+    mean = lambda k: statistics.fmean(cols[k][i] for i in keep)  # noqa: E731
+    on = sum(mean(k) >= ACTIVE_KL for k in cols if k.startswith("kl_z"))
+    return {"recon": round(mean("recon"), 3), "kl": round(mean("kl"), 3), "latents_on": on}
+
+
+def scores(metrics):
+    """Each score of a metrics file: the mean over its evaluation seeds where it has several."""
+    if "mean_std" in metrics:
+        return {k: metrics["mean_std"][k][0] for k in SCORES if k in metrics["mean_std"]}
+    return {k: get(metrics) for k, (_, get) in SCORES.items()}
+
+
+def best_mi(metrics):
+    """For each factor, the largest normalised MI with any latent, and that latent."""
+    mi = metrics["mi"]
+    row = {}
+    for k, factor in enumerate(FACTOR_NAMES):
+        column = [latent[k] for latent in mi]
+        j = max(range(len(column)), key=column.__getitem__)
+        row[f"mi_{factor}"], row[f"z_{factor}"] = round(column[j], 4), j
+    return row
+
+
+def trial_row(run):
+    """One trial's summary.csv row, from its files alone."""
+    ckpt = checkpoint.load(run)
+    row = {"trial": run.name, "setting": setting(run.name), "step": ckpt["step"]}
+    row.update({k: ckpt["args"].get(k) for k in FLAGS})
+    status = run / "status.json"
+    row.update(json.loads(status.read_text()) if status.exists() else {"status": "", "reason": ""})
+    row.update(tail_losses(run / "losses.csv", ckpt["step"]))
+    for name in ("metrics.json", "metrics_quick.json"):  # the full protocol's, if there is one
+        if (run / name).exists():
+            metrics = json.loads((run / name).read_text())
+            if metrics.get("step") == ckpt["step"]:
+                row.update(protocol="quick" if metrics["quick"] else "full", **scores(metrics),
+                           **best_mi(metrics))
+                break
+    return row
+
+
+def columns(rows):
+    seen = {}
+    for row in rows:
+        seen.update(dict.fromkeys(row))
+    return list(seen)
+
+
+def by_setting(rows):
+    """{setting: [rows]} in the order the settings first appear."""
+    groups = {}
+    for row in rows:
+        groups.setdefault(row["setting"], []).append(row)
+    return groups
+
+
+def mean_std(values):
+    values = [v for v in values if v not in (None, "")]
+    if not values:
+        return ""
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.fmean(values):.3f} ± {statistics.pstdev(values):.3f}"
+
+
+def markdown(rows):
+    """Per setting: the number of seeds and the mean ± std (population) of each number."""
+    keys = [k for k in list(SCORES) + ["recon", "kl", "latents_on"] if any(k in r for r in rows)]
+    names = {k: SCORES[k][0] if k in SCORES else k for k in keys}
+    lines = ["| setting | seeds | " + " | ".join(names[k] for k in keys) + " |",
+             "|---|---|" + "---|" * len(keys)]
+    for name, group in by_setting(rows).items():
+        seeds = ", ".join(str(r["seed"]) for r in group)
+        lines.append(f"| {name} | {seeds} | " +
+                     " | ".join(mean_std([r.get(k) for r in group]) for k in keys) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows, path):
+    """One panel per score: each setting's seeds as points, their mean as a bar."""
+    keys = [k for k in SCORES if any(k in r for r in rows)]
+    groups = by_setting(rows)
+    if not keys:
+        return
+    with runlog.figure(path, (3.2 * len(keys), 3.6), "tight") as fig:
+        for ax, key in zip(fig.subplots(1, len(keys), squeeze=False)[0], keys):
+            for x, group in enumerate(groups.values()):
+                values = [r[key] for r in group if key in r]
+                ax.plot([x] * len(values), values, "o", alpha=0.6, color=f"C{x}")
+                if values:
+                    ax.plot([x - 0.3, x + 0.3], [statistics.fmean(values)] * 2, "-", color="k")
+            ax.set_xticks(range(len(groups)), list(groups), rotation=30, ha="right", fontsize=8)
+            ax.set(title=SCORES[key][0], ylim=(0, 1.02))
+
+
+def write(folder):
+    """Rewrite the three summary files of a sweep folder from its trials' files."""
+    folder = Path(folder)
+    runs = sorted(p for p in folder.iterdir() if (p / "ckpt.pt").is_file())
+    rows = [trial_row(run) for run in runs]
+    with open(folder / "summary.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns(rows) or ["trial"])
+        writer.writeheader()
+        writer.writerows(rows)
+    (folder / "summary.md").write_text(markdown(rows))
+    plot(rows, folder / "summary.png")
+    return rows
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or not Path(argv[0]).is_dir():
+        raise cli.UserError("usage: python summary.py SWEEP_FOLDER (a folder of run folders)")
+    rows = write(argv[0])
+    print(f"{len(rows)} trials -> {Path(argv[0]) / 'summary.csv'}, summary.md, summary.png")
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run_script(main)
