@@ -31,7 +31,8 @@ def tiny_protocol(monkeypatch):
     import evaluate
 
     tiny = dict(n_beta_train=40, n_beta_eval=20, n_fvae_train=40, n_fvae_eval=20, n_variance=400,
-                n_mig=400, batch=16)
+                n_mig=400, n_dci_train=200, n_dci_test=100, n_sap_train=200, n_sap_test=100,
+                batch=16)
     for key, value in tiny.items():
         monkeypatch.setitem(evaluate.PROTOCOL, key, value)
         if key in evaluate.QUICK:

@@ -1,22 +1,24 @@
-"""Disentanglement scores of a trained β-VAE on dSprites: β-VAE score, FactorVAE score and MIG.
+"""Disentanglement scores of a trained β-VAE on dSprites: β-VAE, FactorVAE, MIG, DCI, SAP; UDR.
 
     python evaluate.py results/beta4_H_z10_seed0/ckpt.pt --quick      # a tenth of the samples
     python evaluate.py results/beta4_H_z10_seed0/ckpt.pt --seed 0 1 2  # full protocol, 3 plans
+    python evaluate.py --udr results/study/beta4_H_z10_seed0 results/study/beta4_H_z10_seed1
 
 Protocols of google-research/disentanglement_lib: the β-VAE score (Higgins et al. 2017), the
-FactorVAE score (Kim & Mnih 2018) and the mutual information gap (Chen et al. 2018), on the
-encoder mean μ(x) (--sample: one posterior sample per image). Prints a table and writes
-metrics.json and latent_factor_mi.png (normalised mutual information, latents x factors) next
-to the checkpoint (--quick: metrics_quick.json and latent_factor_mi_quick.png). The whole
-sampling plan is drawn first from one seeded numpy generator; each distinct image it touches is
-then encoded once and every score reads its codes from that table.
+FactorVAE score (Kim & Mnih 2018), the mutual information gap (Chen et al. 2018), DCI (Eastwood
+& Williams 2018) and SAP (Kumar et al. 2018), on the encoder mean μ(x) (--sample: one posterior
+sample per image). Prints a table and writes metrics.json, latent_factor_mi.png (normalised
+mutual information, latents x factors) and dci_importance.png (DCI's importance matrix) next to
+the checkpoint (--quick: metrics_quick.json and *_quick.png). The whole sampling plan is drawn
+first from one seeded numpy generator; each distinct image it touches is then encoded once and
+every score reads its codes from that table. --udr ranks runs of one setting that differ only
+in seed by how alike their latents are, without labels (Duan et al. 2020; scores.py).
 """
 import argparse
 import json
 import sys
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,14 +27,18 @@ import checkpoint
 import cli
 import dataset
 import runlog
+import scores
 from dataset import FACTOR_NAMES, FACTOR_SIZES, NUM_IMAGES
 from loss import kl_per_dim
 
 # Sample counts of disentanglement_lib's metric configs; --quick takes a tenth of the classifier
 # samples and keeps the 10,000 images of MIG and of the FactorVAE variance estimate.
 PROTOCOL = {"n_beta_train": 10_000, "n_beta_eval": 5_000, "n_fvae_train": 10_000,
-            "n_fvae_eval": 5_000, "n_variance": 10_000, "n_mig": 10_000, "batch": 64}
-QUICK = {"n_beta_train": 1_000, "n_beta_eval": 500, "n_fvae_train": 1_000, "n_fvae_eval": 500}
+            "n_fvae_eval": 5_000, "n_variance": 10_000, "n_mig": 10_000, "n_dci_train": 10_000,
+            "n_dci_test": 5_000, "n_sap_train": 10_000, "n_sap_test": 5_000, "batch": 64}
+QUICK = {"n_beta_train": 1_000, "n_beta_eval": 500, "n_fvae_train": 1_000, "n_fvae_eval": 500,
+         "n_dci_train": 1_000, "n_dci_test": 500, "n_sap_train": 1_000, "n_sap_test": 500}
+UDR_IMAGES = 1_000  # images each model encodes for UDR (Duan et al. 2020)
 PRUNE_STD = 0.05  # FactorVAE: latents with a global std below this count as collapsed
 MIG_BINS = 20
 CPU_CHUNK = 64  # on CPU the encoder runs faster on cache-sized pieces than on 4096 at once
@@ -68,18 +74,23 @@ def _fix_factor(rng, n, batch, pairs):
 
 
 def plan(rng, n_beta_train=10_000, n_beta_eval=5_000, n_fvae_train=10_000, n_fvae_eval=5_000,
-         n_variance=10_000, n_mig=10_000, batch=64):
-    """Every image draw of the three protocols, as official indices, from numpy generator rng.
+         n_variance=10_000, n_mig=10_000, n_dci_train=10_000, n_dci_test=5_000,
+         n_sap_train=10_000, n_sap_test=5_000, batch=64):
+    """Every image draw of the five protocols, as official indices, from numpy generator rng.
 
     beta_train/beta_eval: (k, (n, 2, batch)); fvae_train/fvae_eval: (k, (n, batch));
-    variance, mig: (n,) random images. k is the factor held fixed in each point or vote.
+    variance, mig, dci_*, sap_*: (n,) random images. k is the factor held fixed in each point
+    or vote.
     """
     return {"beta_train": _fix_factor(rng, n_beta_train, batch, pairs=True),
             "beta_eval": _fix_factor(rng, n_beta_eval, batch, pairs=True),
             "variance": _index(_random_factors(rng, n_variance)),
             "fvae_train": _fix_factor(rng, n_fvae_train, batch, pairs=False),
             "fvae_eval": _fix_factor(rng, n_fvae_eval, batch, pairs=False),
-            "mig": _index(_random_factors(rng, n_mig))}
+            "mig": _index(_random_factors(rng, n_mig)),
+            **{name: _index(_random_factors(rng, n)) for name, n in (
+                ("dci_train", n_dci_train), ("dci_test", n_dci_test),
+                ("sap_train", n_sap_train), ("sap_test", n_sap_test))}}
 
 
 def plan_indices(p):
@@ -165,10 +176,12 @@ def mig(codes, index, bins=MIG_BINS):
 
 
 def score(codes, p):
-    """All three scores of lookup table `codes` on plan p."""
+    """All five scores of lookup table `codes` on plan p."""
+    split = lambda name: (codes[p[f"{name}_train"]], _factors(p[f"{name}_train"]),  # noqa: E731
+                          codes[p[f"{name}_test"]], _factors(p[f"{name}_test"]))
     return {"beta_vae": beta_vae_score(codes, p["beta_train"], p["beta_eval"]),
             "factor_vae": factor_vae_score(codes, p["variance"], p["fvae_train"], p["fvae_eval"]),
-            **mig(codes, p["mig"])}
+            **mig(codes, p["mig"]), "dci": scores.dci(*split("dci")), "sap": scores.sap(*split("sap"))}
 
 
 # ---------------------------------------------------------------- model
@@ -267,7 +280,11 @@ def evaluate_seeds(model, data, seeds, quick=False, sample=False, batch_size=409
 SCORES = {"beta_vae": ("β-VAE score (Higgins 2017)", lambda r: r["beta_vae"]["eval_accuracy"]),
           "factor_vae": ("FactorVAE score (Kim 2018)", lambda r: r["factor_vae"]["eval_accuracy"]),
           "mig": ("MIG (Chen 2018)", lambda r: r["mig"]),
-          "mig_no_shape": ("MIG without shape", lambda r: r["mig_no_shape"])}
+          "mig_no_shape": ("MIG without shape", lambda r: r["mig_no_shape"]),
+          "dci_disentanglement": ("DCI disentanglement", lambda r: r["dci"]["disentanglement"]),
+          "dci_completeness": ("DCI completeness", lambda r: r["dci"]["completeness"]),
+          "dci_informativeness": ("DCI informativeness", lambda r: r["dci"]["informativeness"]),
+          "sap": ("SAP (Kumar 2018)", lambda r: r["sap"]["sap"])}
 
 
 def summary(results):
@@ -286,43 +303,74 @@ def table(results):
              "factor_vae": f"{first['factor_vae']['num_active_dims']}/"
                            f"{len(first['kl_per_dim'])} active latents"}
     lines = [f"{'score':28s} {'train':>6s} {'eval':>6s}" + ("   std" if spread else "")]
+    train = {"beta_vae": lambda r: r["beta_vae"]["train_accuracy"],
+             "factor_vae": lambda r: r["factor_vae"]["train_accuracy"],
+             "dci_informativeness": lambda r: r["dci"]["informativeness_train"]}
     for key, (mean, std) in summary(results).items():
-        tr = f"{np.mean([r[key]['train_accuracy'] for r in results]):.3f}" if (
-            key in ("beta_vae", "factor_vae")) else ""
+        tr = f"{np.mean([train[key](r) for r in results]):.3f}" if key in train else ""
         lines.append(f"{SCORES[key][0]:28s} {tr:>6s} {mean:6.3f}" +
                      (f" {std:5.3f}" if spread else "") + f"  {notes.get(key, '')}".rstrip())
     return "\n".join(lines)
 
 
-def plot_mi(result, path):
-    """Heatmap of I(z_j; v_k) / H(v_k), latents (sorted by KL, largest first) x factors."""
-    mi, kl = np.array(result["mi"]), np.array(result["kl_per_dim"])
+def plot_matrix(result, matrix, title, path):
+    """Heatmap of a latents x factors matrix, latents sorted by KL (largest first)."""
+    matrix, kl = np.array(matrix), np.array(result["kl_per_dim"])
     order = np.argsort(-kl, kind="stable")
     with runlog.figure(path, (6, 1.2 + 0.4 * len(order))) as fig:
         ax = fig.subplots()
-        im = ax.imshow(mi[order], cmap="viridis", vmin=0, vmax=1, aspect="auto")
-        for i, row in enumerate(mi[order]):
+        im = ax.imshow(matrix[order], cmap="viridis", vmin=0, vmax=1, aspect="auto")
+        for i, row in enumerate(matrix[order]):
             for k, value in enumerate(row):
                 ax.text(k, i, f"{value:.2f}", ha="center", va="center", fontsize=8,
                         color="black" if value > 0.6 else "white")
-        ax.set_xticks(range(mi.shape[1]), result["factors"])
+        ax.set_xticks(range(matrix.shape[1]), result["factors"])
         ax.set_yticks(range(len(order)), [f"z{j} (KL {kl[j]:.2f})" for j in order])
-        ax.set_title(f"normalised MI I(z; v) / H(v); MIG {result['mig']:.3f}", fontsize=10)
+        ax.set_title(title, fontsize=10)
         fig.colorbar(im, ax=ax)
 
 
+def plot_figures(result, out, suffix=""):
+    """latent_factor_mi.png (normalised MI) and dci_importance.png (DCI's importance matrix, each
+    factor's column summing to 1); returns their paths."""
+    paths = out / f"latent_factor_mi{suffix}.png", out / f"dci_importance{suffix}.png"
+    plot_matrix(result, result["mi"], f"normalised MI I(z; v) / H(v); MIG {result['mig']:.3f}",
+                paths[0])
+    dci = result["dci"]
+    plot_matrix(result, dci["importance"], f"DCI importance; D {dci['disentanglement']:.3f}, "
+                f"C {dci['completeness']:.3f}, I {dci['informativeness']:.3f}", paths[1])
+    return paths
+
+
+def udr_of_runs(models, data, seed=0, n=UDR_IMAGES):
+    """UDR (Spearman and Lasso) of models of one setting: each encodes the same n random images
+    (seeded); latents with a mean KL <= 0.01 nats on them are left out."""
+    images = _index(_random_factors(np.random.default_rng(seed), n))
+    codes, kls = [], []
+    for model in models:
+        index, mu, logvar = encode_eval(model, data, images)
+        codes.append(mu[np.searchsorted(index, images)])
+        kls.append(mean_kl(index, mu, logvar, images))
+    return {method: scores.udr(codes, kls, method=method) for method in ("spearman", "lasso")}
+
+
 def build_parser():
-    p = argparse.ArgumentParser(description="Disentanglement scores (β-VAE, FactorVAE, MIG) of "
-                                            "a trained β-VAE on dSprites.")
-    p.add_argument("ckpt", help="checkpoint written by train.py (or its run folder); results "
-                                "are written next to it")
+    p = argparse.ArgumentParser(description="Disentanglement scores (β-VAE, FactorVAE, MIG, DCI, "
+                                            "SAP) of a trained β-VAE on dSprites; --udr ranks "
+                                            "runs without labels.")
+    p.add_argument("ckpt", nargs="+", help="checkpoint written by train.py (or its run folder); "
+                                           "results are written next to it; with --udr, 2 or "
+                                           "more runs of one setting")
+    p.add_argument("--udr", action="store_true",
+                   help="UDR of the runs given, which differ only in seed: printed, nothing "
+                        "written (default: off)")
     p.add_argument("--seed", type=int, nargs="+", default=[0],
                    help="seed(s) of the sampling plan (and of --sample's noise); several give "
                         "each score's mean and std over them, every image encoded once "
                         "(default: 0)")
     p.add_argument("--quick", action="store_true",
-                   help="β-VAE 1,000/500 train/eval points and FactorVAE 1,000/500 votes "
-                        "instead of 10,000/5,000; MIG and the variance estimate keep 10,000 "
+                   help="a tenth of the classifier points (β-VAE, FactorVAE, DCI, SAP: 1,000/500 "
+                        "instead of 10,000/5,000); MIG and the variance estimate keep 10,000 "
                         "images (default: off, full protocol)")
     p.add_argument("--sample", action="store_true",
                    help="represent each image by a posterior sample instead of the encoder mean "
@@ -339,14 +387,28 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     cli.require("batch-size", args.batch_size, 1)
     cli.require_seeds(args.seed)
+    if args.udr != (len(args.ckpt) > 1):
+        raise cli.UserError("give one checkpoint, or --udr and two or more" if not args.udr else
+                            "--udr compares runs: give two or more")
     device = cli.pick_device(args.device)
-    path, out = Path(args.ckpt), checkpoint.run_dir(args.ckpt)
-    ckpt = checkpoint.load(path)
-    model = checkpoint.rebuild_model(ckpt, device)
+    ckpts = [checkpoint.load(path) for path in args.ckpt]
+    models = [checkpoint.rebuild_model(ckpt, device) for ckpt in ckpts]
     data = dataset.load(args.data, args.download, device)
+    if args.udr:
+        names = [checkpoint.run_dir(path).name for path in args.ckpt]
+        for result in udr_of_runs(models, data, args.seed[0]).values():
+            print(scores.udr_table(result, names) + "\n")
+        return 0
+    return score_run(args, ckpts[0], models[0], data, device)
+
+
+def score_run(args, ckpt, model, data, device):
+    """The scores of one run: printed, and written to metrics(_quick).json and figures."""
+    path, out = args.ckpt[0], checkpoint.run_dir(args.ckpt[0])
     print(f"evaluating {path} (step {ckpt['step']}) on {device}: "
           f"{'quick' if args.quick else 'full'} protocol, seed {', '.join(map(str, args.seed))}, "
           f"{'posterior sample' if args.sample else 'encoder mean'}")
+
     def log(done, total):  # on a terminal every batch; in a log file the first and the last
         if sys.stdout.isatty() or done == total or done <= args.batch_size:
             runlog.show(f"encoding {total:,} distinct images: {done:,} done", final=done == total)
@@ -362,14 +424,14 @@ def main(argv=None):
         metrics["mean_std"] = summary(results)
     # A quick look never overwrites the full protocol's results (traverse.py reads metrics.json).
     suffix = "_quick" if args.quick else ""
-    json_path, png_path = out / f"metrics{suffix}.json", out / f"latent_factor_mi{suffix}.png"
+    json_path = out / f"metrics{suffix}.json"
     with open(json_path, "w") as f:
         json.dump(metrics, f, indent=1)
-    plot_mi(results[0], png_path)
+    pngs = plot_figures(results[0], out, suffix)
     print(f"done in {results[0]['seconds']:.0f} s "
           f"({sum(r['images_drawn'] for r in results):,} image draws)\n")
     print(table(results))
-    print(f"\nwrote {json_path} and {png_path}")
+    print(f"\nwrote {json_path}, {pngs[0]} and {pngs[1]}")
     return 0
 
 

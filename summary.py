@@ -4,10 +4,11 @@
 
 Reads every run folder in the sweep folder (ckpt.pt, losses.csv, metrics.json, status.json) and
 writes summary.csv (one row per trial: its flags, step, reconstruction and KL per image over the
-last 500 steps, latents with KL >= 0.5 nats, the scores, and for each factor the best normalised
-MI and the latent holding it), summary.md (per setting, the trials that differ only in seed:
-mean ± std over seeds) and summary.png (each score per setting, one point per seed and the
-mean). sweep.py rewrites them whenever a trial ends.
+last 500 steps, latents with KL >= 0.5 nats, the scores, for each factor the best normalised
+MI and the latent holding it, and UDR where its setting has two or more scored seeds),
+summary.md (per setting, the trials that differ only in seed: mean ± std over seeds; and how
+UDR's ranking of the trials agrees with each score's) and summary.png (each score per setting,
+one point per seed and the mean). sweep.py rewrites them whenever a trial ends.
 """
 import csv
 import json
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import checkpoint
 import cli
+import dataset
+import evaluate
 import runlog
 from dataset import FACTOR_NAMES
 from evaluate import SCORES
@@ -106,9 +109,39 @@ def mean_std(values):
     return f"{statistics.fmean(values):.3f} ± {statistics.pstdev(values):.3f}"
 
 
+def add_udr(folder, rows):
+    """UDR (Spearman: udr; Lasso: udr_lasso) of each scored trial whose setting has two or more
+    scored seeds, among those seeds (evaluate.udr_of_runs)."""
+    data = None
+    for group in by_setting([r for r in rows if "protocol" in r]).values():
+        if len(group) < 2:
+            continue
+        if data is None:
+            data = dataset.load()
+        models = [checkpoint.rebuild_model(checkpoint.load(folder / r["trial"])) for r in group]
+        result = evaluate.udr_of_runs(models, data)
+        for i, row in enumerate(group):
+            row["udr"] = round(result["spearman"]["udr"][i], 4)
+            row["udr_lasso"] = round(result["lasso"]["udr"][i], 4)
+
+
+def udr_agreement(rows):
+    """Spearman's rank correlation between UDR and each score across the trials that have both
+    (Duan et al. 2020 report it against the supervised scores)."""
+    from scipy.stats import spearmanr
+
+    have = [r for r in rows if "udr" in r]
+    if len(have) < 3:
+        return ""
+    rho = {k: spearmanr([r["udr"] for r in have], [r[k] for r in have])[0] for k in SCORES}
+    return (f"\nUDR against each score, Spearman's ρ over {len(have)} trials: " +
+            ", ".join(f"{SCORES[k][0]} {v:.2f}" for k, v in rho.items()) + "\n")
+
+
 def markdown(rows):
     """Per setting: the number of seeds and the mean ± std (population) of each number."""
-    keys = [k for k in list(SCORES) + ["recon", "kl", "latents_on"] if any(k in r for r in rows)]
+    keys = [k for k in list(SCORES) + ["udr", "udr_lasso", "recon", "kl", "latents_on"]
+            if any(k in r for r in rows)]
     names = {k: SCORES[k][0] if k in SCORES else k for k in keys}
     lines = ["| setting | seeds | " + " | ".join(names[k] for k in keys) + " |",
              "|---|---|" + "---|" * len(keys)]
@@ -116,7 +149,7 @@ def markdown(rows):
         seeds = ", ".join(str(r["seed"]) for r in group)
         lines.append(f"| {name} | {seeds} | " +
                      " | ".join(mean_std([r.get(k) for r in group]) for k in keys) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + udr_agreement(rows)
 
 
 def plot(rows, path):
@@ -141,6 +174,7 @@ def write(folder):
     folder = Path(folder)
     runs = sorted(p for p in folder.iterdir() if (p / "ckpt.pt").is_file())
     rows = [trial_row(run) for run in runs]
+    add_udr(folder, rows)
     with open(folder / "summary.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns(rows) or ["trial"])
         writer.writeheader()

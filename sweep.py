@@ -263,9 +263,9 @@ def start_ray(address, cpus):
     if ray.is_initialized():
         return ray, False
     address = address or os.environ.get("RAY_ADDRESS")
+    local = {} if address else {"num_cpus": cpus, "_node_ip_address": "127.0.0.1"}  # loopback
     ray.init(address=address, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(HERE)}},
-             **({} if address else {"num_cpus": cpus}))
+             runtime_env={"env_vars": {"PYTHONPATH": str(HERE)}}, **local)
     return ray, True
 
 

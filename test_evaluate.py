@@ -22,10 +22,11 @@ from cli import UserError
 from dataset import FACTOR_NAMES, FACTOR_SIZES, NUM_IMAGES
 
 # A tenth of the classifier samples, as --quick; MIG and the variance estimate keep 10,000.
-SMALL = dict(n_beta_train=1000, n_beta_eval=500, n_fvae_train=1000, n_fvae_eval=500)
+SMALL = dict(n_beta_train=1000, n_beta_eval=500, n_fvae_train=1000, n_fvae_eval=500,
+             n_dci_train=200, n_dci_test=100, n_sap_train=200, n_sap_test=100)
 # Just enough to run every step with a model: a few thousand images to encode.
 TINY = dict(n_beta_train=40, n_beta_eval=20, n_fvae_train=40, n_fvae_eval=20, n_variance=400,
-            n_mig=400, batch=16)
+            n_mig=400, n_dci_train=200, n_dci_test=100, n_sap_train=200, n_sap_test=100, batch=16)
 
 
 def scores(codes, seed=0):
@@ -204,6 +205,9 @@ def test_cli_writes_metrics_and_figure(checkpoint, capsys, tiny_protocol):
                   metrics["factor_vae"]["eval_accuracy"]):
         assert 0 <= value <= 1
     assert (checkpoint.parent / "latent_factor_mi_quick.png").stat().st_size > 1000
+    assert (checkpoint.parent / "dci_importance_quick.png").stat().st_size > 1000
+    assert np.array(metrics["dci"]["importance"]).shape == (10, 5)
+    assert 0 <= metrics["sap"]["sap"] <= 1
 
 
 def test_cli_several_seeds_writes_mean_and_std(checkpoint, capsys, tiny_protocol):
@@ -239,3 +243,43 @@ def test_user_errors(tmp_path):
                          text=True, cwd=Path(__file__).parent)
     assert run.returncode == 1
     assert run.stderr == f"evaluate.py: error: no checkpoint at {missing}\n"
+
+
+def encoder_run(folder, seed, perm=None, signs=None):
+    """A run folder holding an untrained BetaVAE whose means are stretched (every latent well
+    above UDR's 0.01-nat mask); perm and signs reorder and flip the latents of seed's model."""
+    torch.manual_seed(seed)
+    model = BetaVAE()
+    last = model.encoder[-1]  # Linear(256, 2 * 10): mu, then logvar
+    with torch.no_grad():
+        last.weight[:10] *= 30
+        if perm is not None:
+            order = torch.cat([torch.tensor(perm), 10 + torch.tensor(perm)])
+            last.weight.copy_(last.weight[order])
+            last.bias.copy_(last.bias[order])
+            last.weight[:10] *= torch.tensor(signs, dtype=torch.float32)[:, None]
+            last.bias[:10] *= torch.tensor(signs, dtype=torch.float32)
+    folder.mkdir()
+    torch.save({"model_args": model.config, "model": model.state_dict(), "optimizer": {},
+                "step": 0, "args": {}}, folder / "ckpt.pt")
+    return str(folder)
+
+
+def test_udr_of_a_permuted_twin_equals_that_of_a_copy_and_beats_another_seed(tmp_path, capsys):
+    """--udr on four runs: b is a with its latents permuted and sign-flipped, c another seed, d
+    a copy of a. UDR cannot tell b from d (the same latents, reordered and flipped; scores.py's
+    tests show both reach 1 where latents are uncorrelated), and c scores lower."""
+    rng = np.random.default_rng(0)
+    perm, signs = rng.permutation(10).tolist(), rng.choice([-1, 1], 10).tolist()
+    runs = [encoder_run(tmp_path / "a", 0), encoder_run(tmp_path / "b", 0, perm, signs),
+            encoder_run(tmp_path / "c", 1), encoder_run(tmp_path / "d", 0)]
+    assert evaluate.main(["--udr", *runs, "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    for block in printed.split("UDR (")[1:]:  # Spearman, then Lasso
+        table = block.split("pairwise (row a, column b):")[1].splitlines()[2:6]
+        a_row = [float(v) for v in table[0].split()[2:]]  # a against b, c, d
+        assert a_row[0] == pytest.approx(a_row[2], abs=1e-3) and a_row[1] < a_row[0] - 0.1, block
+    with pytest.raises(UserError, match="--udr compares runs: give two or more"):
+        evaluate.main(["--udr", runs[0]])
+    with pytest.raises(UserError, match="give one checkpoint, or --udr"):
+        evaluate.main(runs[:2])
