@@ -133,16 +133,19 @@ def udr_agreement(rows):
     have = [r for r in rows if "udr" in r]
     if len(have) < 3:
         return ""
-    rho = {k: spearmanr([r["udr"] for r in have], [r[k] for r in have])[0] for k in SCORES}
+    varies = lambda k: len({r[k] for r in have}) > 1  # noqa: E731  (else ρ is undefined)
+    rho = {k: spearmanr([r["udr"] for r in have], [r[k] for r in have])[0]
+           for k in SCORES if varies(k) and varies("udr")}
     return (f"\nUDR against each score, Spearman's ρ over {len(have)} trials: " +
             ", ".join(f"{SCORES[k][0]} {v:.2f}" for k, v in rho.items()) + "\n")
 
 
 def markdown(rows):
     """Per setting: the number of seeds and the mean ± std (population) of each number."""
-    keys = [k for k in list(SCORES) + ["udr", "udr_lasso", "recon", "kl", "latents_on"]
-            if any(k in r for r in rows)]
-    names = {k: SCORES[k][0] if k in SCORES else k for k in keys}
+    names = {**{k: name for k, (name, _) in SCORES.items()}, "udr": "UDR (Spearman)",
+             "udr_lasso": "UDR (Lasso)", "recon": "recon (nats)", "kl": "KL (nats)",
+             "latents_on": f"latents ≥ {ACTIVE_KL} nats"}
+    keys = [k for k in names if any(k in r for r in rows)]
     lines = ["| setting | seeds | " + " | ".join(names[k] for k in keys) + " |",
              "|---|---|" + "---|" * len(keys)]
     for name, group in by_setting(rows).items():

@@ -258,12 +258,14 @@ def _last_progress(log):
 def start_ray(address, cpus):
     """Ray for the sweep: the test session's or caller's if running, else the cluster at
     address / $RAY_ADDRESS, else one started on this machine. Returns whether we started it."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:  # a Ray of this machine alone listens on loopback, not on the network
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # read at import
     import ray
 
     if ray.is_initialized():
         return ray, False
-    address = address or os.environ.get("RAY_ADDRESS")
-    local = {} if address else {"num_cpus": cpus, "_node_ip_address": "127.0.0.1"}  # loopback
+    local = {} if address else {"num_cpus": cpus, "_node_ip_address": "127.0.0.1"}
     ray.init(address=address, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": str(HERE)}}, **local)
     return ray, True

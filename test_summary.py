@@ -1,0 +1,88 @@
+"""summary.py: each trial's row from its files, the per-setting table, UDR and the figure."""
+import csv
+import json
+import shutil
+import statistics
+
+import pytest
+
+import checkpoint
+import summary
+from cli import UserError
+from dataset import FACTOR_NAMES
+
+
+def test_tail_losses_average_the_last_500_steps(tmp_path):
+    path = tmp_path / "losses.csv"
+    lines = ["step,epoch,loss,recon,kl,c,kl_z0,kl_z1"]
+    lines += [f"{s},0,0,{s / 100},{s / 1000},0,{0.1 * s / 100},0.2" for s in range(100, 1100, 100)]
+    path.write_text("\n".join(lines) + "\n")
+    # Steps 600..1000 are the last 500: recon 6..10, KL 0.6..1.0, z0's KL 0.6..1.0 (on), z1 off.
+    assert summary.tail_losses(path, 1000) == {"recon": 8.0, "kl": 0.8, "latents_on": 1}
+    assert summary.tail_losses(path, 500)["recon"] == 3.0  # a checkpoint at 500: rows 100..500
+
+
+def fake_trial(folder, run40, name, mig, seeds=(0, 1, 2)):
+    """run40's checkpoint and log under `name`, with a made-up full-protocol metrics.json."""
+    trial = folder / name
+    trial.mkdir(parents=True)
+    shutil.copy(run40 / "losses.csv", trial / "losses.csv")
+    ckpt = checkpoint.load(run40)
+    ckpt["args"]["seed"] = int(name.split("seed")[1])
+    checkpoint.save(trial / "ckpt.pt", ckpt)
+    mi = [[0.0] * 5 for _ in range(10)]
+    mi[3][2], mi[7][3] = 0.31, 0.62  # z3 ~ orientation, z7 ~ posX
+    by_seed = [{"seed": s, "beta_vae": 0.9, "factor_vae": 0.7, "mig": mig + 0.01 * s,
+                "mig_no_shape": 0.4, "dci_disentanglement": 0.5, "dci_completeness": 0.4,
+                "dci_informativeness": 0.8, "sap": 0.1} for s in seeds]
+    mean_std = {k: [statistics.fmean(r[k] for r in by_seed), statistics.pstdev(r[k] for r in by_seed)]
+                for k in by_seed[0] if k != "seed"}
+    (trial / "metrics.json").write_text(json.dumps(
+        {"step": 40, "quick": False, "mi": mi, "by_seed": by_seed, "mean_std": mean_std}))
+    (trial / "status.json").write_text(json.dumps({"status": "done", "reason": ""}))
+    return trial
+
+
+def read(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_each_row_is_its_trials_files_and_settings_average_their_seeds(tmp_path, run40):
+    folder = tmp_path / "sweep"
+    for seed, mig in ((0, 0.3), (1, 0.5)):
+        fake_trial(folder, run40, f"beta4_H_z10_seed{seed}", mig)
+    fake_trial(folder, run40, "beta6_TC_z10_seed0", 0.2)
+    (folder / "not_a_trial").mkdir()
+    summary.write(folder)
+    rows = read(folder / "summary.csv")
+    assert [r["trial"] for r in rows] == ["beta4_H_z10_seed0", "beta4_H_z10_seed1",
+                                          "beta6_TC_z10_seed0"]
+    first = rows[0]
+    assert (first["setting"], first["step"], first["objective"], first["status"]) == (
+        "beta4_H_z10", "40", "H", "done")
+    assert float(first["mig"]) == pytest.approx(0.31)  # mean over evaluation seeds 0, 1, 2
+    assert (first["mi_orientation"], first["z_orientation"]) == ("0.31", "3")
+    assert (first["mi_posX"], first["z_posX"]) == ("0.62", "7")
+    assert set(f"mi_{f}" for f in FACTOR_NAMES) <= set(first)
+    # UDR where a setting has two scored seeds (the same weights twice here), not for TC's one.
+    assert rows[0]["udr"] == rows[1]["udr"] != "" and rows[2]["udr"] == ""
+    table = (folder / "summary.md").read_text()
+    assert "| beta4_H_z10 | 0, 1 | 0.900 ± 0.000 | 0.700 ± 0.000 | 0.410 ± 0.100 |" in table
+    assert "| beta6_TC_z10 | 0 | 0.900 | 0.700 | 0.210 |" in table
+    assert (folder / "summary.png").stat().st_size > 10_000
+
+
+def test_udr_agreement_is_spearmans_rank_correlation():
+    rows = [{"udr": u, **{k: 0.5 for k in summary.SCORES}, "mig": m, "sap": s}
+            for u, m, s in ((0.1, 0.1, 0.4), (0.5, 0.2, 0.3), (0.9, 0.4, 0.1), (0.7, 0.3, 0.2))]
+    line = summary.udr_agreement(rows)
+    assert "over 4 trials" in line  # ranks 1 2 4 3 against 1 2 4 3 and 4 3 1 2
+    assert "MIG (Chen 2018) 1.00" in line and "SAP (Kumar 2018) -1.00" in line
+    assert "β-VAE" not in line  # constant: no rank correlation
+    assert summary.udr_agreement(rows[:2]) == ""  # too few to rank
+
+
+def test_usage_errors_are_one_line(tmp_path):
+    with pytest.raises(UserError, match="usage: python summary.py SWEEP_FOLDER"):
+        summary.main([str(tmp_path / "missing")])
