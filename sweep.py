@@ -46,6 +46,7 @@ NOT_IN_NAME = {"epochs", "max_steps", "device", "ckpt_every", "log_every", "eval
                "download"}
 EVAL = {"full": ["--seed", "0", "1", "2"], "quick": ["--quick"], "off": None}
 STATUS_EVERY = 60  # seconds between progress reports while trials run
+POLL = 5  # seconds between looks at a stop request: seldom, so as to take no CPU from trials
 PR_SET_PDEATHSIG = 1  # prctl option, <linux/prctl.h>
 STOP_FILE = "sweep.stop"  # in the sweep folder: its trials checkpoint and stop (shared storage)
 
@@ -216,7 +217,7 @@ def _wait(proc, stop_file):
     this worker is interrupted."""
     while True:
         try:
-            return proc.wait(timeout=1)
+            return proc.wait(timeout=POLL)
         except subprocess.TimeoutExpired:
             if stop_file.exists():
                 proc.send_signal(signal.SIGTERM)
@@ -296,7 +297,7 @@ def run(args, trials):
         while pending:
             if stop.signum:  # every trial checkpoints and returns; queued ones do not start
                 (folder / STOP_FILE).touch()
-            ready, pending = ray.wait(pending, num_returns=1, timeout=1)
+            ready, pending = ray.wait(pending, num_returns=1, timeout=POLL)
             for ref in ready:
                 try:
                     name, state, reason = ray.get(ref)
