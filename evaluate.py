@@ -181,7 +181,8 @@ def score(codes, p):
                           codes[p[f"{name}_test"]], _factors(p[f"{name}_test"]))
     return {"beta_vae": beta_vae_score(codes, p["beta_train"], p["beta_eval"]),
             "factor_vae": factor_vae_score(codes, p["variance"], p["fvae_train"], p["fvae_eval"]),
-            **mig(codes, p["mig"]), "dci": scores.dci(*split("dci")), "sap": scores.sap(*split("sap"))}
+            **mig(codes, p["mig"]),
+            "dci": scores.dci(*split("dci")), "sap": scores.sap(*split("sap"))}
 
 
 # ---------------------------------------------------------------- model
@@ -276,7 +277,7 @@ def evaluate_seeds(model, data, seeds, quick=False, sample=False, batch_size=409
     return results
 
 
-# Each score's id (metrics.json, scores.csv, sweep summaries), printed name, and where a result holds it.
+# Each score's id (metrics.json, sweep summaries), printed name, and where a result holds it.
 SCORES = {"beta_vae": ("β-VAE score (Higgins 2017)", lambda r: r["beta_vae"]["eval_accuracy"]),
           "factor_vae": ("FactorVAE score (Kim 2018)", lambda r: r["factor_vae"]["eval_accuracy"]),
           "mig": ("MIG (Chen 2018)", lambda r: r["mig"]),

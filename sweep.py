@@ -280,19 +280,14 @@ def run(args, trials):
     if not todo:
         return 0
     (folder / STOP_FILE).unlink(missing_ok=True)  # left by a sweep that was killed
-    ray, started = start_ray(args.address, os.cpu_count())
-    task = ray.remote(run_trial).options(num_cpus=args.cpus_per_trial,
-                                         num_gpus=args.gpus_per_trial, max_retries=0)
-    refs = {}
-    for name, argv, state in todo:
-        train_argv = (["--resume", str(folder / name)] if state != "new" else
-                      ["--out", str(folder / name)]) + argv
-        if state == "evaluate":  # trained already: only scored
-            train_argv = None
-        refs[task.remote(str(HERE), str(folder), name, train_argv, EVAL[args.eval],
-                         args.cpus_per_trial)] = name
-    stop, last_report, failed = runlog.StopFlag(), 0.0, 0
+    stop, last_report, failed, started = runlog.StopFlag(), 0.0, 0, False
     try:
+        ray, started = start_ray(args.address, os.cpu_count())
+        task = ray.remote(run_trial).options(num_cpus=args.cpus_per_trial,
+                                             num_gpus=args.gpus_per_trial, max_retries=0)
+        refs = {task.remote(str(HERE), str(folder), name, None if state == "evaluate" else (
+            ["--out" if state == "new" else "--resume", str(folder / name)] + argv),
+            EVAL[args.eval], args.cpus_per_trial): name for name, argv, state in todo}
         pending = list(refs)
         while pending:
             if stop.signum:  # every trial checkpoints and returns; queued ones do not start
@@ -306,7 +301,7 @@ def run(args, trials):
                 states[name] = state
                 failed += state == "failed"
                 print(f"{name}: {state}" + (f": {reason}" if reason else ""), flush=True)
-                summary.write(folder)
+                write_summary(folder)
             _mark_running(folder, states)
             if ready or time.monotonic() - last_report > STATUS_EVERY:
                 print(progress(folder, trials, states), flush=True)
@@ -323,8 +318,16 @@ def run(args, trials):
     return 1 if failed else 0
 
 
+def write_summary(folder):
+    """summary.write, where a trial's unreadable file costs the summary, not the sweep."""
+    try:
+        summary.write(folder)
+    except cli.USER_ERRORS as e:
+        print(f"summary not written: {e}", flush=True)
+
+
 def _mark_running(folder, states):
-    """A waiting trial whose folder holds a live train.lock or a fresh log is running."""
+    """A waiting trial whose folder holds a train.lock (train.py took it) is running."""
     for name, state in states.items():
         if state == "waiting" and (folder / name / "train.lock").exists():
             states[name] = "running"
@@ -342,7 +345,7 @@ def main(argv=None):
         print(f"sweep {folder}: {len(trials)} trials, {done} done, "
               f"{len(trials) - done} to train or score")
         status = run(args, trials)
-        summary.write(folder)
+        write_summary(folder)
         print(f"wrote {folder / 'summary.csv'}, {folder / 'summary.md'} and "
               f"{folder / 'summary.png'}")
         return status
