@@ -260,8 +260,11 @@ def start_ray(address, cpus):
     """Ray for the sweep: the test session's or caller's if running, else the cluster at
     address / $RAY_ADDRESS, else one started on this machine. Returns whether we started it."""
     address = address or os.environ.get("RAY_ADDRESS")
-    if not address:  # a Ray of this machine alone listens on loopback, not on the network
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # read at import
+    if not address:  # a Ray of this machine alone listens on loopback, not on the network,
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # (read at import)
+        # without a token: each local Ray writes its own to ~/.ray/auth_token, over the one that
+        # the clients of a Ray started earlier on this machine still need.
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
     if ray.is_initialized():
