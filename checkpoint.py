@@ -19,6 +19,7 @@ REQUIRED = ("model_args", "model", "optimizer", "step", "args")
 
 class CheckpointError(Exception):
     """A missing, damaged or foreign checkpoint: one line, no traceback (cli.run_script)."""
+    user_mistake = True
 
 
 def run_dir(path):
@@ -99,7 +100,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    import checkpoint  # this file as a module, whose CheckpointError cli knows
     import cli  # one-line errors, as in every script; the module itself needs torch and model.py
 
-    cli.run_script(checkpoint.main)
+    cli.run_script(main)

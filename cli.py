@@ -10,27 +10,32 @@ from pathlib import Path
 
 import torch
 
-import checkpoint
 import dataset
 
 
 class UserError(Exception):
     """A mistake in what the user gave (flag, number, folder): one line, exit status 1."""
+    user_mistake = True
 
 
-# The lower modules raise their own errors, so that they can be copied without this file.
-USER_ERRORS = (UserError, dataset.DataError, checkpoint.CheckpointError)
+def user_mistake(error):
+    """Whether an exception reports a user's mistake: a UserError, or an error of a lower module
+    that carries the same mark (dataset.DataError, checkpoint.CheckpointError), so that those
+    modules can be copied without this file."""
+    return getattr(error, "user_mistake", False)
 
 
 def run_script(main):
     """A script's entry point: exits with main()'s status, or with one line for a user error."""
     try:
         sys.exit(main())
-    except USER_ERRORS as e:
-        sys.exit(f"{Path(sys.argv[0]).name}: error: {e}")
     except BrokenPipeError:  # the output's reader stopped early (`| head`): no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
+    except Exception as e:
+        if not user_mistake(e):
+            raise
+        sys.exit(f"{Path(sys.argv[0]).name}: error: {e}")
 
 
 def require(flag, value, low, strict=False, high=math.inf):

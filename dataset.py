@@ -37,6 +37,7 @@ DEFAULT_PATH = Path("data") / OFFICIAL_NAME
 
 class DataError(Exception):
     """A missing, damaged or foreign data file: one line, no traceback (cli.run_script)."""
+    user_mistake = True
 
 
 # ---------------------------------------------------------------- factor API

@@ -147,7 +147,9 @@ def plan(args):
             else:
                 targs, ckpt = parser.parse_args(argv + ["--out", str(folder)]), None
             train.check_args(targs)
-        except cli.USER_ERRORS as e:
+        except Exception as e:
+            if not cli.user_mistake(e):
+                raise
             raise cli.UserError(f"trial {name}: {e}") from None
         trials.append((name, argv, trial_state(targs, ckpt, folder, args.eval)))
     return trials
@@ -325,7 +327,9 @@ def write_summary(folder):
     """summary.write, where a trial's unreadable file costs the summary, not the sweep."""
     try:
         summary.write(folder)
-    except cli.USER_ERRORS as e:
+    except Exception as e:
+        if not cli.user_mistake(e):
+            raise
         print(f"summary not written: {e}", flush=True)
 
 
