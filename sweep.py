@@ -271,8 +271,9 @@ def start_ray(address, cpus):
 
     if ray.is_initialized():
         return ray, False
+    # "local": a Ray of its own, never one that `ray start` left on this machine.
     local = {} if address else {"num_cpus": cpus, "_node_ip_address": "127.0.0.1"}
-    ray.init(address=address, include_dashboard=False, log_to_driver=False,
+    ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": str(HERE)}}, **local)
     return ray, True
 
