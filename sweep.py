@@ -91,11 +91,10 @@ def grid(args):
     """The trials: a list of {flag: value} dicts, each flag as train.py's argparse dest."""
     flags = set(vars(train.build_parser().parse_args([])))
     given = {k: v for k, v in vars(args).items() if k in flags and v not in (None, False)}
-    for flag in args.zip:
-        key = flag.lstrip("-").replace("-", "_")
-        if key not in given or isinstance(given[key], bool):
-            raise cli.UserError(f"--zip {flag}: give --{key.replace('_', '-')} a list of values")
     zipped = [flag.lstrip("-").replace("-", "_") for flag in args.zip]
+    for flag, key in zip(args.zip, zipped):
+        if not isinstance(given.get(key), list):
+            raise cli.UserError(f"--zip {flag}: give --{key.replace('_', '-')} a list of values")
     lengths = {len(given[k]) for k in zipped}
     if len(lengths) > 1:
         raise cli.UserError(f"--zip {' '.join(args.zip)}: these flags need the same number of "
@@ -156,6 +155,7 @@ def plan(args):
 
 
 def trial_state(targs, ckpt, folder, evaluation):
+    """What a trial still needs: all ("new"), training ("resume"), scoring, or nothing."""
     if ckpt is None:
         return "new"
     total = min(targs.epochs * (dataset.NUM_IMAGES // targs.batch_size),
