@@ -11,7 +11,7 @@ import train
 
 HERE = Path(__file__).resolve().parent
 FAST = ["--batch-size", "16", "--log-every", "5", "--ckpt-every", "10", "--lr", "2e-3"]
-HANG = 600  # seconds: a guard against a hung subprocess, never a check of speed
+HANG = 1800  # seconds: a guard against a hung subprocess, never a check of speed
 
 
 def rows(run):
