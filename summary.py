@@ -136,6 +136,8 @@ def udr_agreement(rows):
     varies = lambda k: len({r[k] for r in have}) > 1  # noqa: E731  (else ρ is undefined)
     rho = {k: spearmanr([r["udr"] for r in have], [r[k] for r in have])[0]
            for k in SCORES if varies(k) and varies("udr")}
+    if not rho:
+        return ""
     return (f"\nUDR against each score, Spearman's ρ over {len(have)} trials: " +
             ", ".join(f"{SCORES[k][0]} {v:.2f}" for k, v in rho.items()) + "\n")
 

@@ -81,6 +81,7 @@ def test_udr_agreement_is_spearmans_rank_correlation():
     assert "MIG (Chen 2018) 1.00" in line and "SAP (Kumar 2018) -1.00" in line
     assert "β-VAE" not in line  # constant: no rank correlation
     assert summary.udr_agreement(rows[:2]) == ""  # too few to rank
+    assert summary.udr_agreement([dict(r, udr=0.0) for r in rows]) == ""  # UDR has no ranks
 
 
 def test_usage_errors_are_one_line(tmp_path):
