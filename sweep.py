@@ -286,9 +286,10 @@ def run(args, trials):
     if not todo:
         return 0
     (folder / STOP_FILE).unlink(missing_ok=True)  # left by a sweep that was killed
-    stop, last_report, failed, started = runlog.StopFlag(), 0.0, 0, False
+    ray, started = start_ray(args.address, os.cpu_count())
+    # After ray.init, which puts a handler of its own on SIGTERM (one that exits at once).
+    stop, last_report, failed = runlog.StopFlag(), 0.0, 0
     try:
-        ray, started = start_ray(args.address, os.cpu_count())
         task = ray.remote(run_trial).options(num_cpus=args.cpus_per_trial,
                                              num_gpus=args.gpus_per_trial, max_retries=0)
         refs = {task.remote(str(HERE), str(folder), name, None if state == "evaluate" else (
