@@ -6,7 +6,8 @@ Reads every run folder in the sweep folder (ckpt.pt, losses.csv, metrics.json, s
 writes summary.csv (one row per trial: its flags, step, reconstruction and KL per image over the
 last 500 steps, latents with KL >= 0.5 nats, the scores, for each factor the best normalised
 MI and the latent holding it, and UDR where its setting has two or more scored seeds),
-summary.md (per setting, the trials that differ only in seed: mean ± std over seeds; and how
+summary.md (per setting, the trials that differ only in seed: mean ± std over the scored ones,
+the others listed with their step; and how
 UDR's ranking of the trials agrees with each score's) and summary.png (each score per setting,
 one point per seed and the mean). sweep.py rewrites them whenever a trial ends.
 """
@@ -143,17 +144,22 @@ def udr_agreement(rows):
 
 
 def markdown(rows):
-    """Per setting: the number of seeds and the mean ± std (population) of each number."""
+    """Per setting: the mean ± std (population) of each number over its scored seeds (trials
+    with a full or quick protocol at their last checkpoint); the others are listed apart, so
+    that a trial still training never mixes into a mean."""
     names = {**{k: name for k, (name, _) in SCORES.items()}, "udr": "UDR (Spearman)",
              "udr_lasso": "UDR (Lasso)", "recon": "recon (nats)", "kl": "KL (nats)",
              "latents_on": f"latents ≥ {ACTIVE_KL} nats"}
     keys = [k for k in names if any(k in r for r in rows)]
-    lines = ["| setting | seeds | " + " | ".join(names[k] for k in keys) + " |",
-             "|---|---|" + "---|" * len(keys)]
+    lines = ["| setting | scored seeds | " + " | ".join(names[k] for k in keys) +
+             " | not scored yet (seed: step) |", "|---|---|" + "---|" * (len(keys) + 1)]
     for name, group in by_setting(rows).items():
-        seeds = ", ".join(str(r["seed"]) for r in group)
+        scored = [r for r in group if "protocol" in r]
+        seeds = ", ".join(str(r["seed"]) for r in scored)
+        later = ", ".join(f"{r['seed']}: {r['step']:,}" for r in group if "protocol" not in r)
         lines.append(f"| {name} | {seeds} | " +
-                     " | ".join(mean_std([r.get(k) for r in group]) for k in keys) + " |")
+                     " | ".join(mean_std([r.get(k) for r in scored]) for k in keys) +
+                     f" | {later} |")
     return "\n".join(lines) + "\n" + udr_agreement(rows)
 
 

@@ -53,11 +53,19 @@ def test_each_row_is_its_trials_files_and_settings_average_their_seeds(tmp_path,
     for seed, mig in ((0, 0.3), (1, 0.5)):
         fake_trial(folder, run40, f"beta4_H_z10_seed{seed}", mig)
     fake_trial(folder, run40, "beta6_TC_z10_seed0", 0.2)
+    training = fake_trial(folder, run40, "beta4_H_z10_seed2", 0.9)  # still training: no scores
+    (training / "metrics.json").unlink()
+    lines = (training / "losses.csv").read_text().splitlines()  # and a worse reconstruction
+    recon = lines[0].split(",").index("recon")
+    (training / "losses.csv").write_text("\n".join([lines[0]] + [",".join(
+        str(10 * float(v)) if i == recon else v for i, v in enumerate(line.split(",")))
+        for line in lines[1:]]) + "\n")
+    (training / "status.json").write_text(json.dumps({"status": "stopped", "reason": ""}))
     (folder / "not_a_trial").mkdir()
     summary.write(folder)
     rows = read(folder / "summary.csv")
     assert [r["trial"] for r in rows] == ["beta4_H_z10_seed0", "beta4_H_z10_seed1",
-                                          "beta6_TC_z10_seed0"]
+                                          "beta4_H_z10_seed2", "beta6_TC_z10_seed0"]
     first = rows[0]
     assert (first["setting"], first["step"], first["objective"], first["status"]) == (
         "beta4_H_z10", "40", "H", "done")
@@ -66,9 +74,13 @@ def test_each_row_is_its_trials_files_and_settings_average_their_seeds(tmp_path,
     assert (first["mi_posX"], first["z_posX"]) == ("0.62", "7")
     assert set(f"mi_{f}" for f in FACTOR_NAMES) <= set(first)
     # UDR where a setting has two scored seeds (the same weights twice here), not for TC's one.
-    assert rows[0]["udr"] == rows[1]["udr"] != "" and rows[2]["udr"] == ""
+    assert rows[0]["udr"] == rows[1]["udr"] != "" and rows[2]["udr"] == rows[3]["udr"] == ""
     table = (folder / "summary.md").read_text()
+    # Seed 2 (unscored) is listed apart and kept out of every mean, its losses included.
     assert "| beta4_H_z10 | 0, 1 | 0.900 ± 0.000 | 0.700 ± 0.000 | 0.410 ± 0.100 |" in table
+    assert float(rows[2]["recon"]) == pytest.approx(10 * float(rows[0]["recon"]), rel=1e-3)
+    h = next(line for line in table.splitlines() if line.startswith("| beta4_H_z10 |"))
+    assert h.endswith(" | 2: 40 |") and f"| {float(rows[0]['recon']):.3f} ± 0.000 |" in h
     assert "| beta6_TC_z10 | 0 | 0.900 | 0.700 | 0.210 |" in table
     assert (folder / "summary.png").stat().st_size > 10_000
 
