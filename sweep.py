@@ -273,8 +273,11 @@ def start_ray(address, cpus):
         return ray, False
     # "local": a Ray of its own, never one that `ray start` left on this machine.
     local = {} if address else {"num_cpus": cpus, "_node_ip_address": "127.0.0.1"}
+    # Trials at the sweep's own priority, as plain train.py runs: Ray's workers would otherwise
+    # run at niceness 15 and stall behind anything else on the machine.
     ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(HERE)}}, **local)
+             runtime_env={"env_vars": {"PYTHONPATH": str(HERE), "RAY_worker_niceness": "0"}},
+             **local)
     return ray, True
 
 

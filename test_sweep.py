@@ -29,6 +29,13 @@ def ray_address():
     ray.shutdown()
 
 
+def test_trials_run_at_the_sweeps_own_priority(ray_address):
+    import ray
+
+    # Ray's default would put every worker 15 below: starved by any other process.
+    assert ray.get(ray.remote(lambda: os.nice(0)).remote()) == os.nice(0)
+
+
 def names(argv):
     return [sweep.trial_name(c) for c in sweep.grid(sweep.build_parser().parse_args(argv))]
 
