@@ -196,8 +196,8 @@ def encode(model, data, index, batch_size=4096, log=None):
     with torch.no_grad():
         for start in range(0, len(index), batch_size):
             imgs = data.images(torch.from_numpy(index[start:start + batch_size])).to(device)
-            x = dataset.as_input(imgs)
-            out += [torch.cat(model.encode(c), dim=1).cpu() for c in x.split(chunk)]
+            out += [torch.cat(model.encode(dataset.as_input(c)), dim=1).cpu()
+                    for c in imgs.split(chunk)]
             if log:
                 log(min(start + batch_size, len(index)), len(index))
     z = torch.cat(out).numpy()
