@@ -1,15 +1,16 @@
 """The summary of a sweep folder: one row per trial, mean ± std per setting, and the picture.
 
-    python summary.py results/study        # rewrites summary.csv, summary.md and summary.png
+    python summary.py results/study   # rewrites summary.csv, summary.md, summary.png, rotation.png
 
 Reads every run folder in the sweep folder (ckpt.pt, losses.csv, metrics.json, status.json) and
 writes summary.csv (one row per trial: its flags, step, reconstruction and KL per image over the
 last 500 steps, latents with KL >= 0.5 nats, the scores, for each factor the best normalised
 MI and the latent holding it, and UDR where its setting has two or more scored seeds),
 summary.md (per setting, the trials that differ only in seed: mean ± std over the scored ones,
-the others listed with their step; and how
-UDR's ranking of the trials agrees with each score's) and summary.png (each score per setting,
-one point per seed and the mean). sweep.py rewrites them whenever a trial ends.
+the others listed with their step; and how UDR's ranking of the trials agrees with each
+score's), summary.png (each score per setting, one point per seed and the mean) and
+rotation.png (each scored trial's rotation latent, the one with the most orientation MI, swept
+from -3 to 3 on traverse.py's four samples). sweep.py rewrites them whenever a trial ends.
 """
 import csv
 import json
@@ -18,16 +19,21 @@ import statistics
 import sys
 from pathlib import Path
 
+import numpy as np
+import torch
+
 import checkpoint
 import cli
 import dataset
 import evaluate
 import runlog
+import traverse
 from dataset import FACTOR_NAMES
 from evaluate import SCORES
 
 TAIL_STEPS = 500  # losses averaged over the last 500 steps
 ACTIVE_KL = 0.5  # nats: a latent at or above this counts as on
+STRIP = (-3.0, 3.0, 9)  # rotation.png: z values from, to, how many
 # Flags of the run that say what it is (summary columns), in this order.
 FLAGS = ("objective", "beta", "gamma", "c_max", "c_steps", "latent_dim", "batch_size", "lr",
          "init", "warmup_steps", "epochs", "seed")
@@ -58,13 +64,16 @@ def scores(metrics):
 
 
 def best_mi(metrics):
-    """For each factor, the largest normalised MI with any latent, and that latent."""
+    """For each factor, the largest normalised MI with any latent, and that latent; and the
+    shape MI of the orientation latent (a rotation latent that also changes the shape has
+    both)."""
     mi = metrics["mi"]
     row = {}
     for k, factor in enumerate(FACTOR_NAMES):
         column = [latent[k] for latent in mi]
         j = max(range(len(column)), key=column.__getitem__)
         row[f"mi_{factor}"], row[f"z_{factor}"] = round(column[j], 4), j
+    row["mi_shape_of_z_orientation"] = round(mi[row["z_orientation"]][FACTOR_NAMES.index("shape")], 4)
     return row
 
 
@@ -110,15 +119,12 @@ def mean_std(values):
     return f"{statistics.fmean(values):.3f} ± {statistics.pstdev(values):.3f}"
 
 
-def add_udr(folder, rows):
+def add_udr(folder, rows, data):
     """UDR (Spearman: udr; Lasso: udr_lasso) of each scored trial whose setting has two or more
     scored seeds, among those seeds (evaluate.udr_of_runs)."""
-    data = None
     for group in by_setting([r for r in rows if "protocol" in r]).values():
         if len(group) < 2:
             continue
-        if data is None:
-            data = dataset.load()
         models = [checkpoint.rebuild_model(checkpoint.load(folder / r["trial"])) for r in group]
         result = evaluate.udr_of_runs(models, data)
         for i, row in enumerate(group):
@@ -180,18 +186,56 @@ def plot(rows, path):
             ax.set(title=SCORES[key][0], ylim=(0, 1.02))
 
 
+def rotation_strips(folder, rows, data):
+    """{trial: (label, S, n, 64, 64 images)}: each scored trial's orientation latent swept over
+    STRIP on traverse.py's samples, the other latents at each sample's posterior mean."""
+    xs = traverse.sample_inputs(data)
+    values = torch.linspace(*STRIP)
+    strips = {}
+    for r in rows:
+        if "protocol" not in r:
+            continue
+        model = checkpoint.rebuild_model(checkpoint.load(folder / r["trial"]))
+        k = r["z_orientation"]
+        label = (f"{r['trial']}: z{k}, normalised MI with orientation {r['mi_orientation']:.2f}, "
+                 f"with shape {r['mi_shape_of_z_orientation']:.2f}")
+        strips[r["trial"]] = label, torch.stack(
+            [traverse.traverse(model, x[None], k, values) for x in xs]).numpy()
+    return strips
+
+
+def plot_rotation(strips, path):
+    """One panel per trial: its strips as rows (samples), columns the z values."""
+    if not strips:
+        return
+    n = STRIP[2]
+    with runlog.figure(path, (n * 0.7, len(strips) * 3.0), "tight") as fig:
+        for ax, (label, images) in zip(fig.subplots(len(strips), 1, squeeze=False)[:, 0],
+                                       strips.values()):
+            ax.imshow(np.concatenate([np.concatenate(list(row), axis=1) for row in images]),
+                      cmap="gray", vmin=0, vmax=1)
+            ax.set_title(label, fontsize=8)
+            size = images.shape[-1]
+            ax.set_xticks([size * (j + 0.5) for j in range(n)],
+                          [f"{v:g}" for v in np.linspace(*STRIP)], fontsize=7)
+            ax.set_yticks([])
+
+
 def write(folder):
-    """Rewrite the three summary files of a sweep folder from its trials' files."""
+    """Rewrite the summary files of a sweep folder from its trials' files."""
     folder = Path(folder)
     runs = sorted(p for p in folder.iterdir() if (p / "ckpt.pt").is_file())
     rows = [trial_row(run) for run in runs]
-    add_udr(folder, rows)
+    data = dataset.load() if any("protocol" in r for r in rows) else None  # None: nothing scored
+    add_udr(folder, rows, data)
     with open(folder / "summary.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns(rows) or ["trial"])
         writer.writeheader()
         writer.writerows(rows)
     (folder / "summary.md").write_text(markdown(rows))
     plot(rows, folder / "summary.png")
+    if data is not None:
+        plot_rotation(rotation_strips(folder, rows, data), folder / "rotation.png")
     return rows
 
 
@@ -200,7 +244,8 @@ def main(argv=None):
     if len(argv) != 1 or not Path(argv[0]).is_dir():
         raise cli.UserError("usage: python summary.py SWEEP_FOLDER (a folder of run folders)")
     rows = write(argv[0])
-    print(f"{len(rows)} trials -> {Path(argv[0]) / 'summary.csv'}, summary.md, summary.png")
+    print(f"{len(rows)} trials -> {Path(argv[0]) / 'summary.csv'}, summary.md, summary.png, "
+          "rotation.png")
     return 0
 
 

@@ -358,8 +358,7 @@ def main(argv=None):
               f"{len(trials) - done} to train or score")
         status = run(args, trials)
         write_summary(folder)
-        print(f"wrote {folder / 'summary.csv'}, {folder / 'summary.md'} and "
-              f"{folder / 'summary.png'}")
+        print(f"wrote {folder / 'summary.csv'}, summary.md, summary.png and rotation.png")
         return status
     finally:
         lock.release()

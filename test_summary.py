@@ -5,9 +5,12 @@ import shutil
 import statistics
 
 import pytest
+import torch
 
 import checkpoint
+import dataset
 import summary
+import traverse
 from cli import UserError
 from dataset import FACTOR_NAMES
 
@@ -32,6 +35,7 @@ def fake_trial(folder, run40, name, mig, seeds=(0, 1, 2)):
     checkpoint.save(trial / "ckpt.pt", ckpt)
     mi = [[0.0] * 5 for _ in range(10)]
     mi[3][2], mi[7][3] = 0.31, 0.62  # z3 ~ orientation, z7 ~ posX
+    mi[3][0], mi[5][0] = 0.05, 0.4  # z3 changes the shape a little, z5 codes it
     by_seed = [{"seed": s, "beta_vae": 0.9, "factor_vae": 0.7, "mig": mig + 0.01 * s,
                 "mig_no_shape": 0.4, "dci_disentanglement": 0.5, "dci_completeness": 0.4,
                 "dci_informativeness": 0.8, "sap": 0.1} for s in seeds]
@@ -72,6 +76,8 @@ def test_each_row_is_its_trials_files_and_settings_average_their_seeds(tmp_path,
     assert float(first["mig"]) == pytest.approx(0.31)  # mean over evaluation seeds 0, 1, 2
     assert (first["mi_orientation"], first["z_orientation"]) == ("0.31", "3")
     assert (first["mi_posX"], first["z_posX"]) == ("0.62", "7")
+    assert (first["mi_shape"], first["z_shape"], first["mi_shape_of_z_orientation"]) == (
+        "0.4", "5", "0.05")
     assert set(f"mi_{f}" for f in FACTOR_NAMES) <= set(first)
     # UDR where a setting has two scored seeds (the same weights twice here), not for TC's one.
     assert rows[0]["udr"] == rows[1]["udr"] != "" and rows[2]["udr"] == rows[3]["udr"] == ""
@@ -83,6 +89,30 @@ def test_each_row_is_its_trials_files_and_settings_average_their_seeds(tmp_path,
     assert h.endswith(" | 2: 40 |") and f"| {float(rows[0]['recon']):.3f} ± 0.000 |" in h
     assert "| beta6_TC_z10 | 0 | 0.900 | 0.700 | 0.210 |" in table
     assert (folder / "summary.png").stat().st_size > 10_000
+    assert (folder / "rotation.png").stat().st_size > 10_000
+
+
+def test_rotation_strips_sweep_each_scored_trials_orientation_latent(tmp_path, run40):
+    folder = tmp_path / "sweep"
+    fake_trial(folder, run40, "beta4_H_z10_seed0", 0.3)
+    fake_trial(folder, run40, "beta4_H_z10_seed1", 0.3)
+    (folder / "beta4_H_z10_seed1" / "metrics.json").unlink()  # not scored: no strip
+    rows = [summary.trial_row(run) for run in sorted(folder.iterdir())]
+    data = dataset.load()
+    strips = summary.rotation_strips(folder, rows, data)
+    assert list(strips) == ["beta4_H_z10_seed0"]
+    label, images = strips["beta4_H_z10_seed0"]
+    assert label.endswith("z3, normalised MI with orientation 0.31, with shape 0.05")
+    # Reference: decode each sample's posterior mean with z3 set to -3, -2.25, ..., 3 directly.
+    model = checkpoint.rebuild_model(checkpoint.load(run40))
+    xs = dataset.as_input(data.images(dataset.factors_to_index(torch.tensor(traverse.SAMPLES))))
+    with torch.no_grad():
+        mu, _ = model.encode(xs)
+        z = mu.repeat_interleave(9, dim=0)
+        z[:, 3] = torch.arange(-3, 3.01, 0.75).repeat(len(xs))
+        expected = torch.sigmoid(model.decode(z)).reshape(len(xs), 9, 64, 64)
+    assert images.shape == (4, 9, 64, 64)
+    assert torch.allclose(torch.from_numpy(images), expected, atol=1e-5)
 
 
 def test_udr_agreement_is_spearmans_rank_correlation():

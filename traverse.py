@@ -35,6 +35,13 @@ INACTIVE_KL = 0.1  # nats: a latent below this carries almost no information abo
 MAX_FRAMES = 200  # z values per sweep: more only makes the GIFs large
 
 
+def sample_inputs(data, index=None):
+    """The sample images as encoder input, S, 1, 64, 64: dSprites indices, or SAMPLES."""
+    if index is None:
+        index = dataset.factors_to_index(torch.tensor(SAMPLES)).tolist()
+    return dataset.as_input(data.images(torch.tensor(index)))
+
+
 def parse_indices(text):
     """'1,2,3' -> [1, 2, 3]: dSprites indices for --samples; a UserError otherwise."""
     try:
@@ -164,7 +171,7 @@ def main(argv=None):
     ckpt = checkpoint.load(args.ckpt)
     model = checkpoint.rebuild_model(ckpt)
     data = dataset.load(args.data, args.download)
-    xs = dataset.as_input(data.images(torch.tensor(samples)))  # S, 1, 64, 64
+    xs = sample_inputs(data, samples)  # S, 1, 64, 64
     out = Path(args.out)
     paths = write_gifs(model, xs, out, args.limit, args.frames)
     mi, kl = latent_info(args.ckpt, ckpt["step"], model, data)
