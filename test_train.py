@@ -89,6 +89,21 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert after["step"] == 10 and all(torch.equal(good[k], after["model"][k]) for k in good)
 
 
+def test_a_dead_encoder_stops_training(tmp_path):
+    """An encoder whose ReLUs are all off gives every image the same code and gets no gradient
+    again (what --objective B does to PyTorch's init): training stops with one line."""
+    out = tmp_path / "dead"
+    train.main(["--max-steps", "10", "--out", str(out)] + FAST)
+    ckpt = checkpoint.load(out)
+    ckpt["model"]["encoder.4.bias"].fill_(-1e4)  # the third conv: every output below zero
+    checkpoint.save(out / "ckpt.pt", ckpt)
+    model = checkpoint.rebuild_model(checkpoint.load(out))
+    mu, _ = model.encode(torch.rand(8, 1, 64, 64))
+    assert torch.equal(mu, mu[:1].expand_as(mu))  # the state the check must see
+    with pytest.raises(UserError, match="the encoder died near step 15: it gives every image"):
+        train.main(["--resume", str(out), "--max-steps", "40"])
+
+
 def wait_for_rows(out, n, proc):
     """Until the run in `proc` has logged n rows (it must not end before)."""
     deadline = time.monotonic() + HANG  # a guard against a hang, not a speed check

@@ -131,6 +131,7 @@ def train_step(model, opt, imgs, **loss_args):
     opt.zero_grad(set_to_none=True)
     parts["loss"].backward()
     opt.step()
+    parts["spread"] = (mu - mu[:1]).abs().amax()  # 0: the encoder gives every image one code
     return {k: v.detach() for k, v in parts.items()}
 
 
@@ -191,6 +192,10 @@ def train(args, ckpt, started):
                 means = {k: v / (step - step_log) for k, v in sums.items()}
                 if not all(torch.isfinite(v).all() for v in means.values()):
                     raise diverged(out, f"loss is {means['loss'].item()} near step {step}")
+                if size > 1 and means["spread"] == 0:  # a dead ReLU layer: it never revives
+                    raise cli.UserError(f"the encoder died near step {step}: it gives every "
+                                        "image the same code, so no gradient reaches it again; "
+                                        "stopped (--init he avoids this with --objective B)")
                 runlog.log_losses(out / "losses.csv", columns, step, step / per_epoch, means, c)
                 now = time.perf_counter()
                 runlog.show(runlog.progress_line(
