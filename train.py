@@ -48,7 +48,8 @@ def build_parser():
     p.add_argument("--warmup-steps", type=int, default=0,
                    help="H, TC: β rises linearly from 0 over N steps (default: 0, constant)")
     p.add_argument("--init", default="pytorch", choices=["pytorch", "he"],
-                   help="weight init: each layer's default, or He's (default: pytorch)")
+                   help="weight init: each layer's default, or He's, which objective B needs "
+                        "(default: pytorch)")
     p.add_argument("--epochs", type=int, default=30, help="passes over the 737,280 images (default: 30)")
     p.add_argument("--max-steps", type=int, help="stop at this step (default: no limit)")
     p.add_argument("--batch-size", type=int, default=64, help="images per step (default: 64)")
