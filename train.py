@@ -120,7 +120,8 @@ def resolve_args(args, parser, argv):
 
 
 def train_step(model, opt, imgs, **loss_args):
-    """One optimizer step on a uint8 batch; returns the loss parts as tensors (no host sync).
+    """One optimizer step on a uint8 batch; returns the loss parts and the spread of the batch's
+    codes (max |μ − μ of its first image|) as tensors (no host sync).
     loss_args: beta_vae_loss's keywords (objective, beta, gamma, c, dataset_size)."""
     x = dataset.as_input(imgs)  # B, 1, 64, 64
     with torch.autocast(x.device.type, torch.bfloat16, enabled=x.device.type == "cuda"):
@@ -132,6 +133,7 @@ def train_step(model, opt, imgs, **loss_args):
     opt.zero_grad(set_to_none=True)
     parts["loss"].backward()
     opt.step()
+    mu = mu.detach()
     parts["spread"] = (mu - mu[:1]).abs().amax()  # 0: the encoder gives every image one code
     return {k: v.detach() for k, v in parts.items()}
 
