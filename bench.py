@@ -13,7 +13,6 @@ copies each batch to the device; it runs in a process of its own, as a tutorial 
 since speed.py's process-wide settings would otherwise hold for it too. Timing windows
 alternate between the two processes, so that machine noise hits both alike.
 """
-import argparse
 import csv
 import multiprocessing
 import resource
@@ -256,7 +255,7 @@ def report_curves(data, batch_size, device, steps, seed):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description="Training images/second: project vs tutorial loop.")
+    p = cli.parser("Training images/second: project vs tutorial loop.")
     cli.add_device_argument(p, default="cpu")
     p.add_argument("--batch-size", type=int, default=64,
                    help="batch size (default: 64, train.py's)")

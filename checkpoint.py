@@ -6,15 +6,16 @@ A checkpoint is a dict saved by torch.save: model_args (BetaVAE's constructor ar
 model (its state dict), optimizer, step, args (train.py's flags) and rng. BetaVAE(**model_args)
 plus the state dict rebuilds the trained model; nothing here imports train.py.
 """
+import argparse
 import os
-import sys
 from pathlib import Path
 
 import torch
 
 from model import BetaVAE
 
-REQUIRED = ("model_args", "model", "optimizer", "step", "args")
+# What train.py writes, and the type each entry must have (rng is only needed to resume).
+REQUIRED = {"model_args": dict, "model": dict, "optimizer": dict, "step": int, "args": dict}
 
 
 class CheckpointError(Exception):
@@ -71,12 +72,20 @@ def load(path):
     missing = set(REQUIRED) - set(ckpt if isinstance(ckpt, dict) else {})
     if missing:
         raise CheckpointError(f"{path} is not a checkpoint of train.py: missing {sorted(missing)}")
+    wrong = [key for key, kind in REQUIRED.items() if not isinstance(ckpt[key], kind)]
+    if wrong:
+        raise CheckpointError(f"{path} is not a checkpoint of train.py: {', '.join(wrong)} of "
+                              f"the wrong type")
     return ckpt
 
 
 def rebuild_model(ckpt, device="cpu"):
     """The trained model from a checkpoint dict alone, in eval mode (z = μ)."""
-    model = BetaVAE(**ckpt["model_args"])
+    try:
+        model = BetaVAE(**ckpt["model_args"])
+    except TypeError as e:
+        raise CheckpointError(f"the checkpoint's model_args {ckpt['model_args']} are not "
+                              f"BetaVAE's arguments") from e
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
@@ -87,16 +96,20 @@ def rebuild_model(ckpt, device="cpu"):
 
 def main(argv=None):
     """`python checkpoint.py CKPT`: the step, the model and the flags of a checkpoint."""
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1 or argv[0].startswith("-"):
-        raise CheckpointError("usage: python checkpoint.py CKPT (a ckpt.pt of train.py, or its "
-                              "folder)")
-    ckpt = load(argv[0])
+    p = argparse.ArgumentParser(description="What a checkpoint of train.py holds: its step, "
+                                            "model and flags.")
+    p.error = _usage_error
+    p.add_argument("ckpt", help="a ckpt.pt written by train.py, or its run folder")
+    ckpt = load(p.parse_args(argv).ckpt)
     flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
              for k, v in sorted(ckpt["args"].items()) if v is not None and v is not False]
     print(f"step {ckpt['step']:,}; model {ckpt['model_args']}; "
           f"{sum(v.numel() for v in ckpt['model'].values()):,} parameters")
     print("flags: " + " ".join(flags))
+
+
+def _usage_error(message):  # argparse's mistakes, in one line like every other (cli.py)
+    raise CheckpointError(message)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 A user's mistake (a missing file, a bad flag, a nonsense number, a damaged checkpoint) ends the
 script with one line on stderr and exit status 1, before any work, never with a traceback.
 """
+import argparse
 import math
 import os
 import sys
@@ -36,6 +37,25 @@ def run_script(main):
         if not user_mistake(e):
             raise
         sys.exit(f"{Path(sys.argv[0]).name}: error: {e}")
+
+
+def parser(description):
+    """An ArgumentParser whose mistakes (an unknown flag, a bad choice, a missing argument) are
+    UserErrors, one line and exit status 1 under run_script, not argparse's usage and status 2."""
+    p = argparse.ArgumentParser(description=description)
+    p.error = _raise_user_error
+    return p
+
+
+def _raise_user_error(message):
+    raise UserError(message)
+
+
+def require_folder(what, path):
+    """An output folder must be a folder or not exist yet (nor any file stand in its path)."""
+    for p in (Path(path), *Path(path).parents):
+        if p.exists() and not p.is_dir():
+            raise UserError(f"{what} {path}: {p} is a file, not a folder")
 
 
 def require(flag, value, low, strict=False, high=math.inf):

@@ -1,4 +1,4 @@
-"""dSprites: the official file, or an exact offline renderer of it, behind one index API.
+"""dSprites: the official file, or an offline renderer matching it, behind one index API.
 
     python dataset.py                  # says which source would be used and renders a few images
     python dataset.py --download       # fetch the official file into data/ (MD5-checked)
@@ -9,6 +9,7 @@ ever holds the whole set as float (that would be 12 GB). The official file is ke
 (377 MB), and so are rendered images: on CPU each one is drawn the first time a batch asks for
 it, on CUDA all of them are drawn at start-up.
 """
+import argparse
 import hashlib
 import math
 import os
@@ -328,19 +329,27 @@ def load(data=None, download_missing=False, device="cpu"):
     return DSprites(packed.to(device), device)
 
 
-def main(argv):
+def main(argv=None):
     """`python dataset.py [--download]`: which source would be used, and a few images."""
-    if argv not in ([], ["--download"]):
-        raise DataError("usage: python dataset.py [--download]")
-    data = load(download_missing=bool(argv))
+    p = argparse.ArgumentParser(description="Which dSprites source the scripts would use (the "
+                                            "official file, or the offline renderer), and three "
+                                            "of its images.")
+    p.error = _usage_error
+    p.add_argument("--download", action="store_true",
+                   help=f"download the official file into {DEFAULT_PATH} first (default: off)")
+    data = load(download_missing=p.parse_args(argv).download)
     idx = torch.tensor([0, 245760 + 40960 * 5 + 1024 * 10 + 32 * 16 + 16, NUM_IMAGES - 1])
     for i, img in zip(idx.tolist(), data.images(idx)):
         print(f"index {i}: factors {index_to_factors(torch.tensor(i)).tolist()}, "
               f"{int(img.sum())} pixels on")
 
 
+def _usage_error(message):  # argparse's mistakes, in one line like every other
+    raise DataError(message)
+
+
 if __name__ == "__main__":
     try:
-        main(sys.argv[1:])
+        main()
     except DataError as e:
         sys.exit(f"dataset.py: error: {e}")

@@ -14,7 +14,6 @@ first from one seeded numpy generator; each distinct image it touches is then en
 every score reads its codes from that table. --udr ranks runs of one setting that differ only
 in seed by how alike their latents are, without labels (Duan et al. 2020; scores.py).
 """
-import argparse
 import json
 import sys
 import time
@@ -243,8 +242,9 @@ def evaluate_model(model, data, seed=0, quick=False, sample=False, batch_size=40
                    log=None, **counts):
     """Scores of `model` on `data` (a dataset.DSprites), reproducible for a given seed.
 
-    quick: a tenth of the β-VAE and FactorVAE samples. sample: represent each image by one
-    posterior sample (seeded) instead of the mean. counts: overrides of plan()'s sample counts.
+    quick: a tenth of the classifier samples (β-VAE, FactorVAE, DCI, SAP). sample: represent
+    each image by one posterior sample (seeded), the same wherever the plan draws that image
+    again, instead of the mean. counts: overrides of plan()'s sample counts.
     log(done, total): optional progress callback while encoding. Returns a JSON-ready dict: the
     scores, mi (latents x factors), kl_per_dim (mean KL of each latent on the MIG images) and
     the settings used. The model's training mode is restored; torch's RNG is not touched.
@@ -356,7 +356,7 @@ def udr_of_runs(models, data, seed=0, n=UDR_IMAGES):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description="Disentanglement scores (β-VAE, FactorVAE, MIG, DCI, "
+    p = cli.parser("Disentanglement scores (β-VAE, FactorVAE, MIG, DCI, "
                                             "SAP) of a trained β-VAE on dSprites; --udr ranks "
                                             "runs without labels.")
     p.add_argument("ckpt", nargs="+", help="checkpoint written by train.py (or its run folder); "
@@ -374,8 +374,8 @@ def build_parser():
                         "instead of 10,000/5,000); MIG and the variance estimate keep 10,000 "
                         "images (default: off, full protocol)")
     p.add_argument("--sample", action="store_true",
-                   help="represent each image by a posterior sample instead of the encoder mean "
-                        "(default: off, mean)")
+                   help="represent each image by one posterior sample (reused wherever the plan "
+                        "draws it again) instead of the encoder mean (default: off, mean)")
     cli.add_data_arguments(p)
     cli.add_device_argument(p)
     p.add_argument("--batch-size", type=int, default=4096,
@@ -391,6 +391,11 @@ def main(argv=None):
     if args.udr != (len(args.ckpt) > 1):
         raise cli.UserError("give one checkpoint, or --udr and two or more" if not args.udr else
                             "--udr compares runs: give two or more")
+    if args.udr and (len(args.seed) > 1 or args.quick or args.sample):
+        raise cli.UserError("--udr encodes 1,000 images of one --seed by the encoder mean; it "
+                            "takes neither several seeds, --quick nor --sample")
+    if args.udr and len({checkpoint.run_dir(p).resolve() for p in args.ckpt}) < len(args.ckpt):
+        raise cli.UserError("--udr: a run is given twice; UDR compares distinct seeds")
     device = cli.pick_device(args.device)
     ckpts = [checkpoint.load(path) for path in args.ckpt]
     models = [checkpoint.rebuild_model(ckpt, device) for ckpt in ckpts]

@@ -49,7 +49,9 @@ def log_normal(z, mu, logvar):
 
 
 def mss_log_weights(batch_size, dataset_size, dtype=torch.float32, device=None):
-    """(M, M) log importance weights of minibatch stratified sampling (Chen et al. 2018, C.2).
+    """(M, M) log importance weights of minibatch stratified sampling (Chen et al. 2018, C.2),
+    in a symmetric form: C.2 gives one other image a stratum and weight of its own; averaging its
+    matrix over which image that is gives these weights, the same expectation, exact at M = N.
 
     Row i estimates q(z_i) = 1/N Σ_n q(z_i|x_n) from the batch, for the z_i drawn from sample i's
     own posterior. The dataset splits into two strata: {x_i} itself, whose term is known exactly
@@ -113,7 +115,8 @@ def beta_vae_loss(logits, x, mu, logvar, objective="H", beta=4.0, gamma=1000.0, 
                   dataset_size=None):
     """Total loss and its parts: dict(loss, recon, kl, kl_per_dim), and for "TC" mi, tc, dw_kl.
 
-    objective "H": recon + beta * KL.  objective "B": recon + gamma * |KL - c| (c: linear_ramp()).
+    objective "H": recon + beta * KL.  objective "B": recon + gamma * |KL - c| (c: linear_ramp();
+    KL the batch mean, as in disentanglement_lib: the average KL is held at c, not each image's).
     objective "TC": recon + mi + beta * tc + dw_kl (Chen et al. 2018, eq. 4 with α = γ = 1);
     needs z, the (B, d) posterior sample decoded into logits (not detached: the estimates are
     reparameterised through it), and dataset_size, the N images the batch was drawn from

@@ -16,7 +16,6 @@ import csv
 import json
 import re
 import statistics
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -240,11 +239,14 @@ def write(folder):
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1 or not Path(argv[0]).is_dir():
-        raise cli.UserError("usage: python summary.py SWEEP_FOLDER (a folder of run folders)")
-    rows = write(argv[0])
-    print(f"{len(rows)} trials -> {Path(argv[0]) / 'summary.csv'}, summary.md, summary.png, "
+    p = cli.parser("Rewrite a sweep folder's summary.csv, summary.md, summary.png and "
+                   "rotation.png from its trials.")
+    p.add_argument("folder", help="the sweep folder (a folder of run folders)")
+    folder = p.parse_args(argv).folder
+    if not Path(folder).is_dir():
+        raise cli.UserError(f"no sweep folder at {folder}")
+    rows = write(folder)
+    print(f"{len(rows)} trials -> {Path(folder) / 'summary.csv'}, summary.md, summary.png, "
           "rotation.png")
     return 0
 

@@ -1,7 +1,7 @@
 """Train a grid of runs on Ray: objectives, β and seeds, on this machine or on a cluster.
 
     python sweep.py sweeps/demo --objective H TC --seed 0 1 --max-steps 200 --eval quick
-    python sweep.py results/study --objective TC H TC B --beta 6 4 6 4 --seed 0 1 1 0 \\
+    python sweep.py sweeps/pairs --objective TC H TC --beta 6 4 6 --seed 0 1 1 \\
         --zip objective beta seed --epochs 30 --eval-every 5     # paired, not crossed
 
 Every train.py flag takes one or more values: several values span the grid (the cross product
@@ -23,7 +23,6 @@ thread count hold as they do there, a crash takes down one trial and not the Ray
 output goes to FOLDER/<trial>/train.log. The child is tied to its Ray worker (Linux: it receives
 SIGTERM when the worker dies), so a trial never trains on unowned after its sweep is gone.
 """
-import argparse
 import itertools
 import json
 import os
@@ -55,8 +54,7 @@ STOP_FILE = "sweep.stop"  # in the sweep folder: its trials checkpoint and stop 
 
 def build_parser():
     """train.py's flags, each taking one or more values, and the sweep's own."""
-    p = argparse.ArgumentParser(description="Train a grid of train.py runs on Ray.")
-    p.error = _one_line  # a bad grid ends in one line, like every other user mistake
+    p = cli.parser("Train a grid of train.py runs on Ray.")
     p.add_argument("folder", help="the sweep folder; one run folder per trial inside")
     p.add_argument("--zip", nargs="+", default=[], metavar="FLAG",
                    help="pair these flags' value lists one to one instead of crossing them "
@@ -81,10 +79,6 @@ def build_parser():
                            choices=action.choices, metavar=action.metavar or "V",
                            help=action.help)
     return p
-
-
-def _one_line(message):
-    raise cli.UserError(message)
 
 
 def grid(args):
@@ -349,6 +343,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     cli.require("cpus-per-trial", args.cpus_per_trial, 1)
     cli.require("gpus-per-trial", args.gpus_per_trial, 0)
+    cli.require_folder("sweep folder", args.folder)
     trials = plan(args)
     folder = Path(args.folder)
     lock = runlog.RunLock(folder, "sweep.lock", "a sweep", "choose another folder")

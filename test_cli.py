@@ -47,11 +47,37 @@ def test_cli_errors_are_one_line_and_nonzero(tmp_path):
         (["train.py", "--data", str(tmp_path / "none.npz"), "--out", str(tmp_path / "x")],
          "no dSprites file at"),
         (["evaluate.py", str(tmp_path), "--seed", "0", "-1"], "--seed must be a finite number"),
-        (["checkpoint.py"], "usage: python checkpoint.py CKPT"),
-        (["dataset.py", "--bogus"], "usage: python dataset.py [--download]"),
+        (["checkpoint.py"], "the following arguments are required: ckpt"),
+        (["dataset.py", "--bogus"], "unrecognized arguments: --bogus"),
+        (["train.py", "--objective", "X"], "argument --objective: invalid choice: 'X'"),
+        (["train.py", "--out", str(tmp_path / "a_file" / "run")], "a_file is a file, not a folder"),
     ]:
+        (tmp_path / "a_file").touch()
         r = run_script(*args)
         assert r.returncode == 1 and r.stderr.count("\n") == 1 and fragment in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("script, positional", [
+    ("train", []), ("bench", []), ("dataset", []), ("evaluate", ["x"]), ("traverse", ["x"]),
+    ("sweep", ["x"]), ("summary", ["x"]), ("checkpoint", ["x"])])
+def test_argparse_mistakes_are_user_errors_and_help_works(script, positional, capsys):
+    """Every script's parser turns a flag it does not know into the one-line error above (not
+    argparse's usage and status 2), and --help prints the help and exits 0."""
+    main = __import__(script).main
+    with pytest.raises(Exception, match="unrecognized arguments: --bogus$") as e:
+        main([*positional, "--bogus"])
+    assert cli.user_mistake(e.value)
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0 and "--help" in capsys.readouterr().out
+
+
+def test_an_output_path_through_a_file_is_refused(tmp_path):
+    (tmp_path / "f").touch()
+    cli.require_folder("--out", tmp_path / "new" / "deeper")  # not there yet: fine
+    for path in (tmp_path / "f", tmp_path / "f" / "run"):
+        with pytest.raises(cli.UserError, match=f"--out {path}: {tmp_path / 'f'} is a file"):
+            cli.require_folder("--out", path)
 
 
 def test_output_piped_into_a_reader_that_stops_ends_without_a_traceback(run40):

@@ -236,7 +236,7 @@ def test_user_errors(tmp_path):
         evaluate.main([str(broken)])
     with pytest.raises(UserError, match="--batch-size"):
         evaluate.main([str(broken), "--batch-size", "0"])
-    with pytest.raises(SystemExit):  # argparse: usage and one error line, status 2
+    with pytest.raises(UserError, match="argument --device: invalid choice: 'tpu'"):
         evaluate.main([str(broken), "--device", "tpu"])
     missing = tmp_path / "nowhere" / "ckpt.pt"
     run = subprocess.run([sys.executable, "evaluate.py", str(missing)], capture_output=True,
@@ -281,5 +281,10 @@ def test_udr_of_a_permuted_twin_equals_that_of_a_copy_and_beats_another_seed(tmp
         assert a_row[0] == pytest.approx(a_row[2], abs=1e-3) and a_row[1] < a_row[0] - 0.1, block
     with pytest.raises(UserError, match="--udr compares runs: give two or more"):
         evaluate.main(["--udr", runs[0]])
+    for ignored in (["--seed", "0", "1"], ["--quick"], ["--sample"]):
+        with pytest.raises(UserError, match="--udr encodes 1,000 images of one --seed"):
+            evaluate.main(["--udr", *runs[:2], *ignored])
+    with pytest.raises(UserError, match="--udr: a run is given twice"):
+        evaluate.main(["--udr", runs[0], str(Path(runs[0]) / "ckpt.pt")])
     with pytest.raises(UserError, match="give one checkpoint, or --udr"):
         evaluate.main(runs[:2])

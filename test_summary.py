@@ -127,5 +127,7 @@ def test_udr_agreement_is_spearmans_rank_correlation():
 
 
 def test_usage_errors_are_one_line(tmp_path):
-    with pytest.raises(UserError, match="usage: python summary.py SWEEP_FOLDER"):
+    with pytest.raises(UserError, match="no sweep folder at .*missing"):
         summary.main([str(tmp_path / "missing")])
+    with pytest.raises(UserError, match="the following arguments are required: folder"):
+        summary.main([])

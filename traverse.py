@@ -7,11 +7,10 @@ gif/<row>/traversal_latent_dim_<k>.gif: z_k swept from -limit to +limit and back
 latents held at the sample's posterior mean. A bar under each frame marks the current z_k.
 Also gif/traversal_grid.png (rows = latents sorted by KL, columns = z values, for sample 1),
 gif/reconstructions.png (inputs above reconstructions) and gif/traversals.md, the README's
-results table. Each latent is named by the factor it shares most information with (the
-normalised MI of evaluate.py, read from the run's metrics.json or computed here) and its KL;
+results table. Each latent is named by the factor with the largest normalised MI I(z; v) / H(v)
+(evaluate.py's, read from the run's metrics.json or computed here) and its KL;
 latents with KL below 0.1 nats are marked inactive.
 """
-import argparse
 import json
 from pathlib import Path
 
@@ -152,7 +151,7 @@ def write_reconstructions(model, xs, path):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Latent traversals of a trained β-VAE.")
+    p = cli.parser("Latent traversals of a trained β-VAE.")
     p.add_argument("ckpt", help="checkpoint written by train.py (or its run folder)")
     p.add_argument("--out", default="gif", help="output folder (default: gif/)")
     p.add_argument("--limit", type=float, default=3.0, help="sweep z from -limit to +limit (default: 3)")
@@ -167,6 +166,7 @@ def main(argv=None):
     cli.require("frames", args.frames, 2, high=MAX_FRAMES)
     cli.require("limit", args.limit, 0, strict=True)
     samples = parse_indices(args.samples)
+    cli.require_folder("--out", args.out)
 
     ckpt = checkpoint.load(args.ckpt)
     model = checkpoint.rebuild_model(ckpt)
