@@ -356,9 +356,8 @@ def udr_of_runs(models, data, seed=0, n=UDR_IMAGES):
 
 
 def build_parser():
-    p = cli.parser("Disentanglement scores (β-VAE, FactorVAE, MIG, DCI, "
-                                            "SAP) of a trained β-VAE on dSprites; --udr ranks "
-                                            "runs without labels.")
+    p = cli.parser("Disentanglement scores (β-VAE, FactorVAE, MIG, DCI, SAP) of a trained β-VAE "
+                   "on dSprites; --udr ranks runs without labels.")
     p.add_argument("ckpt", nargs="+", help="checkpoint written by train.py (or its run folder); "
                                            "results are written next to it; with --udr, 2 or "
                                            "more runs of one setting")

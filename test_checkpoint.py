@@ -1,4 +1,4 @@
-"""checkpoint.py: a checkpoint of train.py loads back; anything else is a one-line CheckpointError."""
+"""checkpoint.py: train.py's checkpoints load back; anything else is a one-line CheckpointError."""
 import argparse
 
 import pytest
