@@ -6,7 +6,6 @@ A checkpoint is a dict saved by torch.save: model_args (BetaVAE's constructor ar
 model (its state dict), optimizer, step, args (train.py's flags) and rng. BetaVAE(**model_args)
 plus the state dict rebuilds the trained model; nothing here imports train.py.
 """
-import argparse
 import os
 from pathlib import Path
 
@@ -96,9 +95,9 @@ def rebuild_model(ckpt, device="cpu"):
 
 def main(argv=None):
     """`python checkpoint.py CKPT`: the step, the model and the flags of a checkpoint."""
-    p = argparse.ArgumentParser(description="What a checkpoint of train.py holds: its step, "
-                                            "model and flags.")
-    p.error = _usage_error
+    import cli  # the command line's parser; load() and the rest need torch and model.py alone
+
+    p = cli.parser("What a checkpoint of train.py holds: its step, model and flags.")
     p.add_argument("ckpt", help="a ckpt.pt written by train.py, or its run folder")
     ckpt = load(p.parse_args(argv).ckpt)
     flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
@@ -106,10 +105,6 @@ def main(argv=None):
     print(f"step {ckpt['step']:,}; model {ckpt['model_args']}; "
           f"{sum(v.numel() for v in ckpt['model'].values()):,} parameters")
     print("flags: " + " ".join(flags))
-
-
-def _usage_error(message):  # argparse's mistakes, in one line like every other (cli.py)
-    raise CheckpointError(message)
 
 
 if __name__ == "__main__":
