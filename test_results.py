@@ -1,5 +1,7 @@
 """The shipped reference run (results/beta4_H_z10_seed0) against what the README says of it:
-its flags, its scores file, its normalised MI recomputed, and the README's GIFs redrawn from it."""
+its flags, its scores file, its normalised MI recomputed, and the README's GIFs redrawn from it;
+and the README's study table against the study's summary.csv."""
+import csv
 import json
 from pathlib import Path
 
@@ -75,3 +77,44 @@ def test_shipped_recipe_runs_resume_under_the_current_code(tmp_path):
     given = ("epochs", "max_steps", "resume", "out")  # out: where the folder is now
     assert {k: v for k, v in after["args"].items() if k not in given} == {
         k: v for k, v in before["args"].items() if k not in given}
+
+
+def study_table():
+    """The README study table's rows, each a list of its cells."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Across objectives and seeds")[1].split("\n## ")[0]
+    return [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines()
+            if line.startswith("| ") and not line.startswith("| trial")]
+
+
+def test_readme_study_table_is_the_study_summary():
+    """Each trial row of the README's study table is results/study/summary.csv's, rounded (β-VAE,
+    FactorVAE, MIG; the best normalised MI of posX, posY and scale; the rotation latent's MI with
+    orientation and shape), and the row after a setting's trials (two seeds or more) is their
+    mean ± population std."""
+    with open(ROOT / "results" / "study" / "summary.csv") as f:
+        trials = {row["trial"]: row for row in csv.DictReader(f)}
+    group, means = [], 0
+    for cells in study_table():
+        if not cells[0].startswith("["):  # a setting's mean ± std
+            assert len(group) >= 2 and cells[0].endswith(f"{len(group)} seeds"), cells[0]
+            for cell, key in zip(cells[1:4], ("beta_vae", "factor_vae", "mig")):
+                values = [float(row[key]) for row in group]
+                assert cell == f"{np.mean(values):.3f} ± {np.std(values):.3f}", (cells[0], key)
+            group, means = [], means + 1
+            continue
+        row = trials[Path(cells[0].split("](")[1].rstrip(")")).parent.name]
+
+        def rounded(key, digits):
+            return f"{float(row[key]):.{digits}f}"
+
+        assert cells[1:] == [
+            rounded("beta_vae", 3), rounded("factor_vae", 3), rounded("mig", 3),
+            " / ".join(rounded(f"mi_{v}", 2) for v in ("posX", "posY", "scale")),
+            f"z{row['z_orientation']}: {rounded('mi_orientation', 2)} / "
+            f"{rounded('mi_shape_of_z_orientation', 2)}"], cells[0]
+        if group and group[-1]["setting"] != row["setting"]:
+            assert len(group) == 1, f"{group[-1]['setting']}: its seeds' mean row is missing"
+            group = []
+        group.append(row)
+    assert means >= 2 and len(group) <= 1, "a setting's mean row is missing"
