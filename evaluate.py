@@ -14,6 +14,7 @@ first from one seeded numpy generator; each distinct image it touches is then en
 every score reads its codes from that table. --udr ranks runs of one setting that differ only
 in seed by how alike their latents are, without labels (Duan et al. 2020; scores.py).
 """
+import copy
 import json
 import sys
 import time
@@ -190,13 +191,18 @@ def encode(model, data, index, batch_size=4096, log=None):
     """Encoder mean and log-variance of the images at `index` (1-D), as float32 numpy arrays
     (len(index), latent_dim). Images are drawn batch_size at a time on data's device."""
     device = next(model.parameters()).device
-    chunk = CPU_CHUNK if device.type == "cpu" else batch_size
+    chunk, layout = batch_size, torch.contiguous_format
+    if device.type == "cpu":
+        # On CPU, convolutions with weights and inputs in channels-last layout run about 2.5x
+        # faster than in the default one; a copy keeps the caller's model (training) as it was.
+        chunk, layout = CPU_CHUNK, torch.channels_last
+        model = copy.deepcopy(model).to(memory_format=layout)
     out = []
     with torch.no_grad():
         for start in range(0, len(index), batch_size):
             imgs = data.images(torch.from_numpy(index[start:start + batch_size])).to(device)
-            out += [torch.cat(model.encode(dataset.as_input(c)), dim=1).cpu()
-                    for c in imgs.split(chunk)]
+            out += [torch.cat(model.encode(dataset.as_input(c).contiguous(memory_format=layout)),
+                              dim=1).cpu() for c in imgs.split(chunk)]
             if log:
                 log(min(start + batch_size, len(index)), len(index))
     z = torch.cat(out).numpy()

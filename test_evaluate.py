@@ -147,6 +147,22 @@ def test_evaluate_model_is_reproducible_and_restores_mode():
     assert a["representation"] == "sample" and a["counts"]["n_mig"] == 400
 
 
+def test_encode_matches_the_model_and_leaves_it_untouched():
+    """encode's channels-last copy gives the model's own codes (default layout, to float
+    rounding) and changes neither the caller's weights nor their layout."""
+    torch.manual_seed(0)
+    model = BetaVAE(latent_dim=4).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    data, index = dataset.DSprites(None), np.array([5, 70_000, 300_001, 737_279])
+    mu, logvar = evaluate.encode(model, data, index, batch_size=3)
+    with torch.no_grad():
+        ref_mu, ref_logvar = model.encode(dataset.as_input(data.images(torch.from_numpy(index))))
+    np.testing.assert_allclose(mu, ref_mu.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(logvar, ref_logvar.numpy(), rtol=1e-5, atol=1e-6)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]) and v.is_contiguous(), k
+
+
 def test_evaluate_seeds_matches_each_seed_alone():
     """evaluate_seeds([0, 1]) encodes the union once and scores each seed as evaluated alone."""
     torch.manual_seed(0)
