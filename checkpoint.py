@@ -38,14 +38,19 @@ def state(model, opt, step, args, device):
 
 def restore(ckpt, model, opt, lr, device):
     """Load state() back into a fresh model and optimizer, with the learning rate `lr` (a
-    resumed run may lower it), and the random generators; returns the step."""
-    model.load_state_dict(ckpt["model"])
-    opt.load_state_dict(ckpt["optimizer"])
+    resumed run may lower it), and the random generators; returns the step. A state that does
+    not fit them is a CheckpointError."""
+    try:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+        first = (str(e).splitlines() or [""])[0]
+        raise CheckpointError(f"the checkpoint cannot be resumed: {type(e).__name__} {first}") from e
     for group in opt.param_groups:  # the stored state carries the old rate
         group["lr"] = lr
-    torch.set_rng_state(ckpt["rng"]["torch"])
-    if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
-        torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
     return ckpt["step"]
 
 
@@ -72,6 +77,8 @@ def load(path):
     if missing:
         raise CheckpointError(f"{path} is not a checkpoint of train.py: missing {sorted(missing)}")
     wrong = [key for key, kind in REQUIRED.items() if not isinstance(ckpt[key], kind)]
+    if "model" not in wrong and not all(map(torch.is_tensor, ckpt["model"].values())):
+        wrong.append("model")
     if wrong:
         raise CheckpointError(f"{path} is not a checkpoint of train.py: {', '.join(wrong)} of "
                               f"the wrong type")
@@ -82,7 +89,7 @@ def rebuild_model(ckpt, device="cpu"):
     """The trained model from a checkpoint dict alone, in eval mode (z = μ)."""
     try:
         model = BetaVAE(**ckpt["model_args"])
-    except TypeError as e:
+    except (TypeError, ValueError, RuntimeError) as e:  # unknown names, nonsense sizes
         raise CheckpointError(f"the checkpoint's model_args {ckpt['model_args']} are not "
                               f"BetaVAE's arguments") from e
     try:

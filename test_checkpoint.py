@@ -1,5 +1,6 @@
 """checkpoint.py: train.py's checkpoints load back; anything else is a one-line CheckpointError."""
 import argparse
+import re
 
 import pytest
 import torch
@@ -35,14 +36,16 @@ def test_a_checkpoint_rebuilds_its_model(tmp_path, capsys):
     ({"args": None}, "args of the wrong type"),
     ({"model_args": "x", "step": 1.5}, "model_args, step of the wrong type"),
     ({"model": [1, 2]}, "model of the wrong type"),
+    ({"model": {"encoder.0.weight": 1}}, "model of the wrong type"),
 ])
 def test_entries_of_the_wrong_type_are_refused_on_load(tmp_path, changes, message):
     with pytest.raises(CheckpointError, match=f"is not a checkpoint of train.py: {message}"):
         checkpoint.load(saved(tmp_path, **changes))
 
 
-def test_model_args_that_are_not_betavaes_are_refused(tmp_path):
-    ckpt = checkpoint.load(saved(tmp_path, model_args={"latent_dim": 10, "bogus": 1}))
-    with pytest.raises(CheckpointError, match=r"model_args \{'latent_dim': 10, 'bogus': 1\} are "
-                                              "not BetaVAE's arguments"):
+@pytest.mark.parametrize("model_args", [{"latent_dim": 10, "bogus": 1}, {"latent_dim": -1}])
+def test_model_args_that_are_not_betavaes_are_refused(tmp_path, model_args):
+    ckpt = checkpoint.load(saved(tmp_path, model_args=model_args))
+    with pytest.raises(CheckpointError, match=f"model_args {re.escape(str(model_args))} are not "
+                                              "BetaVAE's arguments"):
         checkpoint.rebuild_model(ckpt)

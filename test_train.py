@@ -62,6 +62,34 @@ def test_user_mistakes_raise_clear_errors(run40, tmp_path):
             train.main(["--device", "cuda", "--out", str(tmp_path / "c")])
 
 
+def test_a_resume_that_cannot_go_on_is_refused_before_any_work(run40, tmp_path):
+    """Too few --epochs or --max-steps for the checkpoint's step, or a stored state that does
+    not fit the model, the optimizer or the RNG: one-line errors; the run is left as it was."""
+    ckpt = checkpoint.load(run40)
+
+    def copy(name, **changes):
+        (tmp_path / name).mkdir()
+        checkpoint.save(tmp_path / name / "ckpt.pt", {**ckpt, **changes})
+        return tmp_path / name
+
+    before = (run40 / "ckpt.pt").read_bytes()
+    with pytest.raises(UserError, match="--max-steps 30 ends at step 30, before the "
+                                        "checkpoint's step 40"):
+        train.main(["--resume", str(run40), "--max-steps", "30"])
+    assert (run40 / "ckpt.pt").read_bytes() == before
+    late = copy("late", step=50_000)  # --epochs 1 at batch 16: 46,080 steps
+    with pytest.raises(UserError, match="--epochs 1 ends at step 46,080, before the "
+                                        "checkpoint's step 50,000"):
+        train.main(["--resume", str(late)])
+    for name, changes, error in [("rng", {"rng": {"torch": 5}}, "TypeError"),
+                                 ("opt", {"optimizer": {"state": {}, "param_groups": []}},
+                                  "ValueError loaded state dict has a different number")]:
+        out = copy(name, **changes)
+        with pytest.raises(CheckpointError, match=f"cannot be resumed: {error}"):
+            train.main(["--resume", str(out), "--max-steps", "45"])
+        assert sorted(p.name for p in out.iterdir()) == ["ckpt.pt"]
+
+
 def test_batch_64_and_lr_5e4_by_default_on_every_device(tmp_path):
     assert train.default_lr(64) == 5e-4 and train.default_lr(256) == pytest.approx(1e-3)
     out = tmp_path / "defaults"

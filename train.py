@@ -253,9 +253,13 @@ def main(argv=None):
             raise cli.UserError(f"{args.out} already holds a run; continue it with --resume "
                             f"{args.out}, or choose another --out")
     check_args(args)
-    if ckpt is not None and args.max_steps is not None and args.max_steps < ckpt["step"]:
-        raise cli.UserError(f"--max-steps {args.max_steps} is below the checkpoint's step "
-                        f"{ckpt['step']}")
+    if ckpt is not None:  # a resumed run never ends before the step it resumes from
+        per_epoch = dataset.NUM_IMAGES // args.batch_size
+        for flag, value, total in (("--epochs", args.epochs, args.epochs * per_epoch),
+                                   ("--max-steps", args.max_steps, args.max_steps)):
+            if value is not None and total < ckpt["step"]:
+                raise cli.UserError(f"{flag} {value} ends at step {total:,}, before the "
+                                    f"checkpoint's step {ckpt['step']:,}")
     if args.lr is None:
         args.lr = default_lr(args.batch_size)
     speed.process_settings()  # before the first multi-threaded op: the checks above run none
