@@ -101,4 +101,4 @@ def add_data_arguments(parser):
                         help=f"official dSprites npz (default: {dataset.DEFAULT_PATH} if present, "
                              "else render offline)")
     parser.add_argument("--download", action="store_true",
-                        help="download the official file into data/ first (default: off)")
+                        help="download the official file first, to the --data path (default: off)")

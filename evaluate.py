@@ -182,7 +182,10 @@ def score(codes, p):
     return {"beta_vae": beta_vae_score(codes, p["beta_train"], p["beta_eval"]),
             "factor_vae": factor_vae_score(codes, p["variance"], p["fvae_train"], p["fvae_eval"]),
             **mig(codes, p["mig"]),
-            "dci": scores.dci(*split("dci")), "sap": scores.sap(*split("sap"))}
+            # DCI's factors fit in as many processes as torch has threads (sweep.py sets them
+            # per trial), not on every core of a machine that other trials share.
+            "dci": scores.dci(*split("dci"), n_jobs=torch.get_num_threads()),
+            "sap": scores.sap(*split("sap"))}
 
 
 # ---------------------------------------------------------------- model

@@ -87,6 +87,8 @@ def grid(args):
     given = {k: v for k, v in vars(args).items() if k in flags and v not in (None, False)}
     zipped = [flag.lstrip("-").replace("-", "_") for flag in args.zip]
     for flag, key in zip(args.zip, zipped):
+        if key not in flags:
+            raise cli.UserError(f"--zip {flag}: train.py has no flag --{key.replace('_', '-')}")
         if not isinstance(given.get(key), list):
             raise cli.UserError(f"--zip {flag}: give --{key.replace('_', '-')} a list of values")
     lengths = {len(given[k]) for k in zipped}
