@@ -110,12 +110,14 @@ def by_setting(rows):
 
 
 def mean_std(values):
+    """"0.600 ± 0.100"; counts (all ints) without trailing zeros: "3.5 ± 0.5"."""
     values = [v for v in values if v not in (None, "")]
     if not values:
         return ""
+    spec = ".3g" if all(isinstance(v, int) for v in values) else ".3f"
     if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.fmean(values):.3f} ± {statistics.pstdev(values):.3f}"
+        return f"{values[0]:{spec}}"
+    return f"{statistics.fmean(values):{spec}} ± {statistics.pstdev(values):{spec}}"
 
 
 def add_udr(folder, rows, data):

@@ -25,6 +25,14 @@ def test_tail_losses_average_the_last_500_steps(tmp_path):
     assert summary.tail_losses(path, 500)["recon"] == 3.0  # a checkpoint at 500: rows 100..500
 
 
+def test_mean_std_is_the_population_std_and_prints_counts_as_counts():
+    assert summary.mean_std([0.5, 0.7, None, ""]) == "0.600 ± 0.100"
+    assert summary.mean_std([0.25]) == "0.250"
+    assert summary.mean_std([4, 4]) == "4 ± 0"  # latents on: a count, not "4.000 ± 0.000"
+    assert summary.mean_std([3, 4]) == "3.5 ± 0.5"
+    assert summary.mean_std([]) == ""
+
+
 def fake_trial(folder, run40, name, mig, seeds=(0, 1, 2)):
     """run40's checkpoint and log under `name`, with a made-up full-protocol metrics.json."""
     trial = folder / name
