@@ -57,6 +57,8 @@ def test_flags_with_several_values_cross_and_zip_pairs_them():
     (["--zip", "seed"], "--zip seed: give --seed a list of values"),
     (["--beta", "4", "6", "--zip", "bogus"], "--zip bogus: train.py has no flag --bogus"),
     (["--beta", "4", "-1"], "trial beta-1_H_z10_seed0: --beta must be a finite number at least 0"),
+    (["--objective", "H", "B", "--gamma", "500"],  # crossed, H gets γ too: zip them instead
+     "trial beta4_H_z10_seed0: --gamma 500 does nothing under --objective H"),
     (["--objective", "TC", "--batch-size", "1"], "--batch-size must be a finite number at least 2"),
     (["--seed", "1", "1"], "two trials of the grid are both beta4_H_z10_seed1"),
     (["--cpus-per-trial", "0"], "--cpus-per-trial must be a finite number at least 1"),

@@ -286,6 +286,11 @@ def test_a_second_run_into_a_busy_folder_is_refused_and_a_stale_lock_taken_over(
     (["--warmup-steps", "-1"], "--warmup-steps must be a finite number at least 0, got -1"),
     (["--epochs", "0"], "--epochs must be a finite number at least 1, got 0"),
     (["--eval-every", "-2"], "--eval-every must be a finite number at least 0, got -2"),
+    (["--c-max", "10"], "--c-max 10 does nothing under --objective H"),  # loss.py's H: no C
+    (["--objective", "TC", "--c-steps", "50"], "--c-steps 50 does nothing under --objective TC"),
+    (["--objective", "B", "--beta", "8"], "--beta 8 does nothing under --objective B"),
+    (["--objective", "B", "--warmup-steps", "9"],
+     "--warmup-steps 9 does nothing under --objective B"),
 ])
 def test_nonsense_numbers_end_in_one_line_before_any_work(tmp_path, flags, message):
     """Before any work: nothing printed, no run folder made (no data drawn, no lock taken)."""

@@ -82,6 +82,11 @@ def default_run_name(args):
     return f"beta{args.beta:g}_{args.objective}_z{args.latent_dim}_seed{args.seed}"
 
 
+# The flags that each objective ignores (loss.py's H and TC take β; B takes γ and its capacity).
+UNUSED = {"H": ("gamma", "c_max", "c_steps"), "TC": ("gamma", "c_max", "c_steps"),
+          "B": ("beta", "warmup_steps")}
+
+
 def check_args(args):
     """Every number in its range, before any work: a UserError naming the flag otherwise."""
     for flag in ("beta", "c_max", "warmup_steps", "eval_every"):
@@ -95,6 +100,12 @@ def check_args(args):
     cli.require("batch_size", args.batch_size, 2 if args.objective == "TC" else 1,  # TC: a pair
             high=dataset.NUM_IMAGES)
     cli.require_seeds([args.seed])
+    # A flag that the objective does not use, given a value unlike its default, is a mistake.
+    defaults = build_parser().parse_args([])
+    for flag in UNUSED[args.objective]:
+        if getattr(args, flag) != getattr(defaults, flag):
+            raise cli.UserError(f"--{flag.replace('_', '-')} {getattr(args, flag):g} does nothing "
+                                f"under --objective {args.objective}")
 
 
 def resolve_args(args, parser, argv):
