@@ -88,7 +88,8 @@ UNUSED = {"H": ("gamma", "c_max", "c_steps"), "TC": ("gamma", "c_max", "c_steps"
 
 
 def check_args(args):
-    """Every number in its range, before any work: a UserError naming the flag otherwise."""
+    """Every number in its range, and no flag the objective ignores set unlike its default,
+    before any work: a UserError naming the flag otherwise."""
     for flag in ("beta", "c_max", "warmup_steps", "eval_every"):
         cli.require(flag, getattr(args, flag), 0)
     for flag in ("gamma", "lr"):  # lr None: the default, which follows the batch size
