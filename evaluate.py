@@ -104,8 +104,10 @@ def plan_indices(p):
 # (an array of NUM_IMAGES rows; only the rows a plan touches are read).
 
 def beta_vae_score(codes, train, evaluation):
-    """Higgins et al.: logistic regression (scikit-learn defaults) predicts the fixed factor
-    from the mean absolute code difference over each point's pairs."""
+    """Higgins et al.: logistic regression predicts the fixed factor from the mean absolute code
+    difference over each point's pairs. disentanglement_lib takes scikit-learn's defaults; its
+    published runs predate scikit-learn 0.22, whose default was liblinear one-vs-rest, and these
+    are today's (lbfgs, multinomial, 100 iterations)."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 

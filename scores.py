@@ -225,7 +225,8 @@ def udr_pair(similarity):
 def udr(codes, kls=None, method="spearman", kl_threshold=UDR_KL_THRESHOLD,
         alpha=UDR_LASSO_ALPHA):
     """Duan et al.'s unsupervised disentanglement ranking of models of one setting that differ
-    only in their seed (disentanglement_lib's compute_udr_sklearn).
+    only in their seed, by the protocol of disentanglement_lib's compute_udr_sklearn, with the
+    paper's normalisation of each pair (udr_pair).
 
     codes: one (n, d_i) array per model: its encoder means of the same n images (1,000 in the
     paper). kls: one (d_i,) array per model, each latent's mean KL; a latent with KL <=
