@@ -84,11 +84,13 @@ def up_conv(layer, x):
 
 
 def fast_model(model, device):
-    """The model on `device` in channels_last, its 4x4 stride-2 transposed convs running
-    through up_conv. Same parameters and state dict; returns the model."""
+    """The model on `device` in channels_last, its ConvTranspose2d(c_in, c_out, 4, 2, 1) layers
+    (with bias, no groups, dilation or output padding: what up_conv computes) running through
+    up_conv; other layers stay stock. Same parameters and state dict; returns the model."""
     for m in model.modules():
         if (isinstance(m, nn.ConvTranspose2d) and m.kernel_size == (4, 4)
-                and m.stride == (2, 2) and m.padding == (1, 1)):
+                and m.stride == (2, 2) and m.padding == (1, 1) and m.groups == 1
+                and m.dilation == (1, 1) and m.output_padding == (0, 0) and m.bias is not None):
             m.forward = types.MethodType(up_conv, m)
     return model.to(device, memory_format=torch.channels_last)
 

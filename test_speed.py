@@ -72,6 +72,22 @@ def test_upconv_off_cpu_or_under_autocast_is_the_stock_layer(monkeypatch):
     assert len(calls) == 1
 
 
+@pytest.mark.parametrize("kwargs", [{"bias": False}, {"groups": 2}, {"dilation": 2},
+                                    {"output_padding": 1}])
+def test_fast_model_leaves_other_transposed_convs_stock(kwargs, monkeypatch):
+    """A 4x4 stride-2 transposed conv that up_conv does not compute (no bias, groups, dilation,
+    output padding) keeps the stock forward and output: a model with one still trains."""
+    calls = count_upconv_calls(monkeypatch)
+    torch.manual_seed(0)
+    layer = nn.ConvTranspose2d(32, 4, 4, 2, 1, **kwargs)
+    x = torch.randn(2, 32, 8, 8)
+    ref = layer(x)
+    fast = speed.fast_model(layer, CPU)
+    torch.testing.assert_close(fast(x.to(memory_format=torch.channels_last)), ref,
+                               rtol=1e-5, atol=1e-5)
+    assert calls == []
+
+
 def test_fast_model_is_the_same_model(monkeypatch):
     """fast_model keeps the parameters and state dict, and computes the same logits and
     gradients as the plain model, through up_conv in exactly its 4 transposed convs."""
