@@ -21,7 +21,8 @@ from checkpoint import CheckpointError
 from cli import UserError
 from dataset import FACTOR_NAMES, FACTOR_SIZES, NUM_IMAGES
 
-# A tenth of the classifier samples, as --quick; MIG and the variance estimate keep 10,000.
+# A tenth of the full protocol's β-VAE and FactorVAE points; MIG and the variance estimate
+# keep 10,000.
 SMALL = dict(n_beta_train=1000, n_beta_eval=500, n_fvae_train=1000, n_fvae_eval=500,
              n_dci_train=200, n_dci_test=100, n_sap_train=200, n_sap_test=100)
 # Just enough to run every step with a model: a few thousand images to encode.
