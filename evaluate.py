@@ -1,6 +1,6 @@
 """Disentanglement scores of a trained β-VAE on dSprites: β-VAE, FactorVAE, MIG, DCI, SAP; UDR.
 
-    python evaluate.py results/beta4_H_z10_seed0/ckpt.pt --quick      # fewer samples, <1 min
+    python evaluate.py results/beta4_H_z10_seed0/ckpt.pt --quick      # 1/20-1/10 of the points
     python evaluate.py results/beta4_H_z10_seed0/ckpt.pt --seed 0 1 2  # full protocol, 3 plans
     python evaluate.py --udr results/study/beta4_H_z10_seed0 results/study/beta4_H_z10_seed1
 
