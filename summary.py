@@ -222,12 +222,15 @@ def plot_rotation(strips, path):
             ax.set_yticks([])
 
 
-def write(folder):
-    """Rewrite the summary files of a sweep folder from its trials' files."""
+def write(folder, data_path=None):
+    """Rewrite the summary files of a sweep folder from its trials' files. data_path: the
+    official file its trials were scored on (UDR and the rotation strips encode images too);
+    None: dataset.load's default."""
     folder = Path(folder)
     runs = sorted(p for p in folder.iterdir() if (p / "ckpt.pt").is_file())
     rows = [trial_row(run) for run in runs]
-    data = dataset.load() if any("protocol" in r for r in rows) else None  # None: nothing scored
+    # None: nothing scored, nothing to encode
+    data = dataset.load(data_path) if any("protocol" in r for r in rows) else None
     add_udr(folder, rows, data)
     with open(folder / "summary.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns(rows) or ["trial"])
@@ -244,10 +247,14 @@ def main(argv=None):
     p = cli.parser("Rewrite a sweep folder's summary.csv, summary.md, summary.png and "
                    "rotation.png from its trials.")
     p.add_argument("folder", help="the sweep folder (a folder of run folders)")
-    folder = p.parse_args(argv).folder
+    p.add_argument("--data", default=None,
+                   help="the official dSprites npz the sweep's --data gave its trials (default: "
+                        f"{dataset.DEFAULT_PATH} if present, else render offline)")
+    args = p.parse_args(argv)
+    folder = args.folder
     if not Path(folder).is_dir():
         raise cli.UserError(f"no sweep folder at {folder}")
-    rows = write(folder)
+    rows = write(folder, args.data)
     print(f"{len(rows)} trials -> {Path(folder) / 'summary.csv'}, summary.md, summary.png, "
           "rotation.png")
     return 0

@@ -8,8 +8,8 @@ Every train.py flag takes one or more values: several values span the grid (the 
 of all such flags), one value applies to every trial; --zip pairs the value lists of the flags
 it names one to one instead (they must be equally long). Each trial is an ordinary run folder,
 FOLDER/<name from its flags> (train.py's default name), trained by `python train.py` and then
-scored by `python evaluate.py` (--eval). The folder's summary (summary.py) is rewritten as each
-trial ends.
+scored by `python evaluate.py` (--eval), on the same --data. The folder's summary (summary.py)
+is rewritten as each trial ends.
 
 Rerunning the same command continues the sweep: finished trials are left alone, the others
 resume from their checkpoints. Ctrl-C or SIGTERM stops every trial with a checkpoint. Ray runs
@@ -293,7 +293,7 @@ def run(args, trials):
                                              num_gpus=args.gpus_per_trial, max_retries=0)
         refs = {task.remote(str(HERE), str(folder), name, None if state == "evaluate" else (
             ["--out" if state == "new" else "--resume", str(folder / name)] + argv),
-            EVAL[args.eval], args.cpus_per_trial): name for name, argv, state in todo}
+            eval_argv(args), args.cpus_per_trial): name for name, argv, state in todo}
         pending = list(refs)
         while pending:
             if stop.signum:  # every trial checkpoints and returns; queued ones do not start
@@ -307,7 +307,7 @@ def run(args, trials):
                 states[name] = state
                 failed += state == "failed"
                 print(f"{name}: {state}" + (f": {reason}" if reason else ""), flush=True)
-                write_summary(folder)
+                write_summary(folder, data_path(args))
             _mark_running(folder, states)
             if ready or time.monotonic() - last_report > STATUS_EVERY:
                 print(progress(folder, trials, states), flush=True)
@@ -324,10 +324,23 @@ def run(args, trials):
     return 1 if failed else 0
 
 
-def write_summary(folder):
+def data_path(args):
+    """The sweep's --data (one file: it is not part of a trial's name, so it takes one value)."""
+    return args.data[0] if args.data else None
+
+
+def eval_argv(args):
+    """evaluate.py's arguments after the trial folder: --eval's, on the file the trials trained
+    on; None: --eval off."""
+    if EVAL[args.eval] is None:
+        return None
+    return EVAL[args.eval] + (["--data", data_path(args)] if args.data else [])
+
+
+def write_summary(folder, data):
     """summary.write, where a trial's unreadable file costs the summary, not the sweep."""
     try:
-        summary.write(folder)
+        summary.write(folder, data)
     except Exception as e:
         if not cli.user_mistake(e):
             raise
@@ -354,7 +367,7 @@ def main(argv=None):
         print(f"sweep {folder}: {len(trials)} trials, {done} done, "
               f"{len(trials) - done} to train or score")
         status = run(args, trials)
-        write_summary(folder)
+        write_summary(folder, data_path(args))
         print(f"wrote {folder / 'summary.csv'}, summary.md, summary.png and rotation.png")
         return status
     finally:

@@ -100,6 +100,12 @@ def test_each_row_is_its_trials_files_and_settings_average_their_seeds(tmp_path,
     assert (folder / "rotation.png").stat().st_size > 10_000
 
 
+def test_udr_and_the_strips_encode_images_of_the_given_data_file(tmp_path, run40):
+    fake_trial(tmp_path / "sweep", run40, "beta4_H_z10_seed0", 0.3)
+    with pytest.raises(dataset.DataError, match="no dSprites file at .*absent.npz"):
+        summary.write(tmp_path / "sweep", tmp_path / "absent.npz")
+
+
 def test_rotation_strips_sweep_each_scored_trials_orientation_latent(tmp_path, run40):
     folder = tmp_path / "sweep"
     fake_trial(folder, run40, "beta4_H_z10_seed0", 0.3)

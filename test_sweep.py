@@ -109,6 +109,17 @@ def test_a_trial_is_scored_and_its_summary_row_is_its_metrics_file(ray_address, 
     assert float(row["sap"]) == metrics["sap"]["sap"]
 
 
+def test_a_sweeps_data_file_is_the_one_its_trials_are_scored_on(ray_address, tmp_path):
+    """--data reaches evaluate.py too, not only train.py: a trained, unscored trial is scored on
+    the sweep's file (here a missing one, so scoring fails naming it) instead of the renderer."""
+    folder, missing = tmp_path / "data", tmp_path / "absent.npz"
+    argv = [str(folder), "--max-steps", "10"] + SHORT  # --eval off: trained, not scored
+    assert sweep.main(argv) == 0
+    assert sweep.main(argv[:-1] + ["quick", "--data", str(missing)]) == 1
+    status = json.loads((folder / "beta4_H_z10_seed0_batch_size8" / "status.json").read_text())
+    assert status["status"] == "failed" and f"no dSprites file at {missing}" in status["reason"]
+
+
 def test_a_failing_trial_is_marked_failed_with_its_reason_and_the_others_go_on(ray_address,
                                                                                tmp_path):
     folder = tmp_path / "nan"
