@@ -95,10 +95,12 @@ def pick_device(name):
     return torch.device(name)
 
 
+# What dataset.load(None) reads, for every --data flag's help.
+DATA_DEFAULT = f"default: {dataset.DEFAULT_PATH} if present, else render offline"
+
+
 def add_data_arguments(parser):
     """--data and --download, the same in every script; dataset.load(args.data, args.download)."""
-    parser.add_argument("--data", default=None,
-                        help=f"official dSprites npz (default: {dataset.DEFAULT_PATH} if present, "
-                             "else render offline)")
+    parser.add_argument("--data", default=None, help=f"official dSprites npz ({DATA_DEFAULT})")
     parser.add_argument("--download", action="store_true",
                         help="download the official file first, to the --data path (default: off)")

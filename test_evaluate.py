@@ -25,9 +25,6 @@ from dataset import FACTOR_NAMES, FACTOR_SIZES, NUM_IMAGES
 # keep 10,000.
 SMALL = dict(n_beta_train=1000, n_beta_eval=500, n_fvae_train=1000, n_fvae_eval=500,
              n_dci_train=200, n_dci_test=100, n_sap_train=200, n_sap_test=100)
-# Just enough to run every step with a model: a few thousand images to encode.
-TINY = dict(n_beta_train=40, n_beta_eval=20, n_fvae_train=40, n_fvae_eval=20, n_variance=400,
-            n_mig=400, n_dci_train=200, n_dci_test=100, n_sap_train=200, n_sap_test=100, batch=16)
 
 
 def scores(codes, seed=0):
@@ -133,14 +130,14 @@ def test_same_seed_same_numbers(mixed):
     assert scores(mixed, seed=5)["mi"] != scores(mixed, seed=6)["mi"]
 
 
-def test_evaluate_model_is_reproducible_and_restores_mode():
+def test_evaluate_model_is_reproducible_and_restores_mode(tiny_protocol):
     torch.manual_seed(0)
     model = BetaVAE(latent_dim=4).train()
     data = dataset.DSprites(None)
     state = torch.get_rng_state()
-    a = evaluate.evaluate_model(model, data, seed=1, sample=True, **TINY)
+    a = evaluate.evaluate_model(model, data, seed=1, sample=True, **tiny_protocol)
     assert model.training and torch.equal(state, torch.get_rng_state())
-    b = evaluate.evaluate_model(model, data, seed=1, sample=True, **TINY)
+    b = evaluate.evaluate_model(model, data, seed=1, sample=True, **tiny_protocol)
     for r in (a, b):
         r.pop("seconds")
     assert a == b
@@ -164,18 +161,18 @@ def test_encode_matches_the_model_and_leaves_it_untouched():
         assert torch.equal(v, before[k]) and v.is_contiguous(), k
 
 
-def test_evaluate_seeds_matches_each_seed_alone():
+def test_evaluate_seeds_matches_each_seed_alone(tiny_protocol):
     """evaluate_seeds([0, 1]) encodes the union once and scores each seed as evaluated alone."""
     torch.manual_seed(0)
     model = BetaVAE(latent_dim=4)
     data = dataset.DSprites(None)
     totals = set()
     both = evaluate.evaluate_seeds(model, data, [0, 1], sample=True,
-                                   log=lambda done, total: totals.add(total), **TINY)
+                                   log=lambda done, total: totals.add(total), **tiny_protocol)
     (total,) = totals  # one encoding pass
     assert max(r["images_encoded"] for r in both) < total < sum(r["images_encoded"] for r in both)
     for seed, r in zip([0, 1], both):
-        alone = evaluate.evaluate_model(model, data, seed=seed, sample=True, **TINY)
+        alone = evaluate.evaluate_model(model, data, seed=seed, sample=True, **tiny_protocol)
         assert r["seed"] == seed and r["images_encoded"] == alone["images_encoded"]
         for key, exact in (("beta_vae", "converged"), ("factor_vae", "num_active_dims")):
             assert r[key][exact] == alone[key][exact], (seed, key)
