@@ -5,10 +5,10 @@
 Reads every run folder in the sweep folder (ckpt.pt, losses.csv, metrics.json, status.json) and
 writes summary.csv (one row per trial: its flags, step, reconstruction and KL per image over the
 last 500 steps, latents with KL >= 0.5 nats, the scores, for each factor the best normalised
-MI and the latent holding it, and UDR where its setting has two or more scored seeds),
-summary.md (per setting, the trials that differ only in seed: mean ± std over the scored ones,
-the others listed with their step; and how UDR's ranking of the trials agrees with each
-score's), summary.png (each score per setting, one point per seed and the mean) and
+MI with an active latent and that latent, and UDR where its setting has two or more scored
+seeds), summary.md (per setting, the trials that differ only in seed: mean ± std over the
+scored ones, the others listed with their step; and how UDR's ranking of the trials agrees with
+each score's), summary.png (each score per setting, one point per seed and the mean) and
 rotation.png (each scored trial's rotation latent, the one with the most orientation MI, swept
 from -3 to 3 on traverse.py's four samples). sweep.py rewrites them whenever a trial ends.
 """
@@ -63,15 +63,16 @@ def scores(metrics):
 
 
 def best_mi(metrics):
-    """For each factor, the largest normalised MI with any latent, and that latent; and the
-    shape MI of the orientation latent (a rotation latent that also changes the shape has
-    both)."""
-    mi = metrics["mi"]
+    """For each factor, the largest normalised MI with an active latent, and that latent; and
+    the shape MI of the orientation latent (a rotation latent that also changes the shape has
+    both). Inactive latents (KL below traverse.INACTIVE_KL) are skipped: MI's 20 bins span a
+    collapsed latent's tiny range of means, which can still track a factor the decoder ignores."""
+    mi, kl = metrics["mi"], metrics["kl_per_dim"]
+    active = [j for j in range(len(mi)) if kl[j] >= traverse.INACTIVE_KL] or range(len(mi))
     row = {}
     for k, factor in enumerate(FACTOR_NAMES):
-        column = [latent[k] for latent in mi]
-        j = max(range(len(column)), key=column.__getitem__)
-        row[f"mi_{factor}"], row[f"z_{factor}"] = round(column[j], 4), j
+        j = max(active, key=lambda i: mi[i][k])
+        row[f"mi_{factor}"], row[f"z_{factor}"] = round(mi[j][k], 4), j
     row["mi_shape_of_z_orientation"] = round(mi[row["z_orientation"]][FACTOR_NAMES.index("shape")], 4)
     return row
 

@@ -44,13 +44,17 @@ def fake_trial(folder, run40, name, mig, seeds=(0, 1, 2)):
     mi = [[0.0] * 5 for _ in range(10)]
     mi[3][2], mi[7][3] = 0.31, 0.62  # z3 ~ orientation, z7 ~ posX
     mi[3][0], mi[5][0] = 0.05, 0.4  # z3 changes the shape a little, z5 codes it
+    # z9 is off (KL 0.01), yet its means, binned over their own tiny range, track posX: skipped.
+    kl = [1.0] * 9 + [0.01]
+    mi[9][3] = 0.7
     by_seed = [{"seed": s, "beta_vae": 0.9, "factor_vae": 0.7, "mig": mig + 0.01 * s,
                 "mig_no_shape": 0.4, "dci_disentanglement": 0.5, "dci_completeness": 0.4,
                 "dci_informativeness": 0.8, "sap": 0.1} for s in seeds]
     mean_std = {k: [statistics.fmean(r[k] for r in by_seed), statistics.pstdev(r[k] for r in by_seed)]
                 for k in by_seed[0] if k != "seed"}
     (trial / "metrics.json").write_text(json.dumps(
-        {"step": 40, "quick": False, "mi": mi, "by_seed": by_seed, "mean_std": mean_std}))
+        {"step": 40, "quick": False, "mi": mi, "kl_per_dim": kl, "by_seed": by_seed,
+         "mean_std": mean_std}))
     (trial / "status.json").write_text(json.dumps({"status": "done", "reason": ""}))
     return trial
 

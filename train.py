@@ -3,7 +3,7 @@
     python train.py --beta 4 --epochs 30                  # Higgins et al.'s objective, β = 4
     python train.py --beta 4 --epochs 1 --max-steps 200   # a quick run: stops after 200 steps
     python train.py --objective TC --beta 6               # Chen et al.'s β-TCVAE
-    python train.py --objective B --gamma 1000 --c-max 25 # Burgess et al.'s capacity objective
+    python train.py --objective B --gamma 1000 --c-max 25 --init he  # Burgess et al.'s capacity
     python train.py --resume runs/beta4_H_z10_seed0       # continue where a run stopped
     python train.py --beta 4 --epochs 30 --eval-every 5   # disentanglement scores every 5 epochs
 
