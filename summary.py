@@ -249,7 +249,7 @@ def main(argv=None):
                    "rotation.png from its trials.")
     p.add_argument("folder", help="the sweep folder (a folder of run folders)")
     p.add_argument("--data", default=None,
-                   help=f"the official dSprites npz the sweep's --data gave its trials "
+                   help="the official dSprites npz the sweep's --data gave its trials "
                         f"({cli.DATA_DEFAULT})")
     args = p.parse_args(argv)
     folder = args.folder
