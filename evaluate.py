@@ -237,10 +237,11 @@ def lookup(index, codes):
     return table
 
 
-def mean_kl(index, mu, logvar, images):
-    """Each latent's KL, averaged over `images` (official indices, repeats counted)."""
+def mean_kl(index, mu, logvar, images, circles=0):
+    """Each latent's KL, averaged over `images` (official indices, repeats counted); the first
+    `circles` latents are circles (model.py)."""
     at = np.searchsorted(index, images)
-    return kl_per_dim(torch.from_numpy(mu[at]), torch.from_numpy(logvar[at])).tolist()
+    return kl_per_dim(torch.from_numpy(mu[at]), torch.from_numpy(logvar[at]), circles).tolist()
 
 
 def latent_factor_mi(model, data, seed=0, n=PROTOCOL["n_mig"], batch_size=4096):
@@ -248,7 +249,7 @@ def latent_factor_mi(model, data, seed=0, n=PROTOCOL["n_mig"], batch_size=4096):
     MI (latents x factors) and each latent's KL, on MIG's n random images."""
     images = _index(_random_factors(np.random.default_rng(seed), n))
     index, mu, logvar = encode_eval(model, data, images, batch_size)
-    return mig(lookup(index, mu), images)["mi"], mean_kl(index, mu, logvar, images)
+    return mig(lookup(index, mu), images)["mi"], mean_kl(index, mu, logvar, images, model.circles)
 
 
 def evaluate_model(model, data, seed=0, quick=False, sample=False, batch_size=4096,
@@ -281,7 +282,8 @@ def evaluate_seeds(model, data, seeds, quick=False, sample=False, batch_size=409
         at = np.searchsorted(index, own)
         m, lv = mu[at], logvar[at]
         codes = m + np.exp(0.5 * lv) * rng.standard_normal(m.shape, np.float32) if sample else m
-        results.append({**score(lookup(own, codes), p), "kl_per_dim": mean_kl(own, m, lv, p["mig"]),
+        results.append({**score(lookup(own, codes), p),
+                        "kl_per_dim": mean_kl(own, m, lv, p["mig"], model.circles),
                         "factors": list(FACTOR_NAMES), "seed": seed,
                         "representation": "sample" if sample else "mean", "counts": counts,
                         "images_drawn": len(d), "images_encoded": len(own)})
@@ -364,7 +366,7 @@ def udr_of_runs(models, data, seed=0, n=UDR_IMAGES):
     for model in models:
         index, mu, logvar = encode_eval(model, data, images)
         codes.append(mu[np.searchsorted(index, images)])
-        kls.append(mean_kl(index, mu, logvar, images))
+        kls.append(mean_kl(index, mu, logvar, images, model.circles))
     return {method: scores.udr(codes, kls, method=method) for method in ("spearman", "lasso")}
 
 

@@ -13,6 +13,10 @@ Three objectives (README, "ELBO Loss"):
      TC = E[log q(z) − Σ_j log q(z_j)] and the dimension-wise KL E[Σ_j log q(z_j) − log p(z)]
      (eq. 2). The aggregate posterior q(z) = 1/N Σ_n q(z|x_n) is estimated from the batch by
      minibatch stratified sampling (section 4.1, appendix C.2): tc_parts().
+Circle latents (model.py, `circles`): the first `circles` columns of mu and logvar hold a mean
+angle θ and log κ; their posterior is the Power Spherical distribution on S¹ (De Cao & Aziz 2020)
+and their prior the uniform one, with the closed-form KL of power_spherical_kl(). They enter H
+and B wherever the Gaussian KL does; TC's estimator is for Gaussian latents only.
 Each returns its parts, so callers can log them; every term is summed over pixels or latent
 dimensions and averaged over the batch, so β keeps the meaning it has in the papers.
 """
@@ -29,12 +33,33 @@ def reconstruction_loss(logits, x):
     return F.binary_cross_entropy_with_logits(logits, x, reduction="sum") / x.shape[0]
 
 
-def kl_per_dim(mu, logvar):
-    """KL(N(mu, sigma^2) || N(0, 1)) for each latent dimension, averaged over the batch.
+def kl_per_dim(mu, logvar, circles=0):
+    """KL(N(mu, sigma^2) || N(0, 1)) for each latent dimension, averaged over the batch; for the
+    first `circles` dimensions (circles: logvar holds log κ) power_spherical_kl instead.
 
     Closed form (Kingma & Welling 2014, appendix B): 0.5 * (mu^2 + sigma^2 - log sigma^2 - 1).
     """
-    return 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1).mean(0)
+    gauss = 0.5 * (mu[:, circles:].pow(2) + logvar[:, circles:].exp() - logvar[:, circles:] - 1)
+    if not circles:
+        return gauss.mean(0)
+    return torch.cat([power_spherical_kl(logvar[:, :circles]), gauss], 1).mean(0)
+
+
+def power_spherical_kl(log_kappa):
+    """KL(PowerSpherical(μ, κ) || uniform on the circle S¹), elementwise in κ = exp(log_kappa);
+    it does not depend on the direction μ.
+
+    The density on S^(d-1) is (1 + μ·x)^κ / N with N = 2^(a+b) π^b Γ(a) / Γ(a+b), a = (d-1)/2 + κ,
+    b = (d-1)/2, and E[log(1 + μ·x)] = log 2 + ψ(a) − ψ(a+b) (De Cao & Aziz 2020, eqs. 2 and
+    7-8). With d = 2 the uniform density is 1/(2π), and KL = E[log q] + log 2π reduces to
+        ½ log π − log Γ(κ + ½) + log Γ(κ + 1) + κ (ψ(κ + ½) − ψ(κ + 1)),
+    0 at κ = 0 and ½ log κ + ½ log π − ½ + O(1/κ) for large κ. In float64: the terms cancel to
+    a few nats from values that grow like κ log κ.
+    """
+    k = log_kappa.double().exp()
+    kl = (0.5 * math.log(math.pi) - torch.lgamma(k + 0.5) + torch.lgamma(k + 1)
+          + k * (torch.digamma(k + 0.5) - torch.digamma(k + 1)))
+    return kl.to(log_kappa.dtype)
 
 
 def linear_ramp(step, final, steps):
@@ -112,7 +137,7 @@ def tc_parts(z, mu, logvar, dataset_size):
 
 
 def beta_vae_loss(logits, x, mu, logvar, objective="H", beta=4.0, gamma=1000.0, c=0.0, z=None,
-                  dataset_size=None):
+                  dataset_size=None, circles=0):
     """Total loss and its parts: dict(loss, recon, kl, kl_per_dim), and for "TC" mi, tc, dw_kl.
 
     objective "H": recon + beta * KL.  objective "B": recon + gamma * |KL - c| (c: linear_ramp();
@@ -123,9 +148,10 @@ def beta_vae_loss(logits, x, mu, logvar, objective="H", beta=4.0, gamma=1000.0, 
     (737,280 for dSprites). mi, tc and dw_kl are batch means of the estimates of tc_parts();
     they sum to the mean of log q(z|x) − log p(z), a one-sample estimate of the closed-form KL,
     which is still reported as kl (and kl_per_dim) for comparison.
+    circles: how many leading latents are circles (model.py); H and B only.
     """
     recon = reconstruction_loss(logits, x)
-    kl_dims = kl_per_dim(mu, logvar)
+    kl_dims = kl_per_dim(mu, logvar, circles)
     kl = kl_dims.sum()
     parts = {}
     if objective == "H":
@@ -133,6 +159,9 @@ def beta_vae_loss(logits, x, mu, logvar, objective="H", beta=4.0, gamma=1000.0, 
     elif objective == "B":
         total = recon + gamma * (kl - c).abs()
     elif objective == "TC":
+        if circles:
+            raise ValueError("objective 'TC' estimates log q(z) for Gaussian latents only; "
+                             "it takes no circles")
         if z is None or dataset_size is None:
             raise ValueError("objective 'TC' needs z (the posterior sample decoded into logits) "
                              "and dataset_size (the number of images in the dataset)")

@@ -4,7 +4,15 @@
 
 Depends on torch alone: copy this file into your own project. The decoder returns logits of a
 Bernoulli distribution per pixel; pair it with loss.py.
+
+Latents are Gaussian, N(μ, σ²), except the first `circles`, which live on the circle S¹: each
+has a mean angle θ and a concentration κ, its posterior is the Power Spherical distribution
+(De Cao & Aziz 2020) and the decoder reads it as (cos φ, sin φ). A circle has no seam, so it can
+turn a sprite through its whole period. Per latent, encode() returns (location, log spread):
+(μ, log σ²) for a Gaussian, (θ, log κ) for a circle, so a code z stays one number per latent.
 """
+import math
+
 import torch
 from torch import nn
 
@@ -31,11 +39,16 @@ def init_weights(model):
 
 
 class BetaVAE(nn.Module):
-    def __init__(self, latent_dim=10, channels=1):
+    def __init__(self, latent_dim=10, channels=1, circles=0):
         super().__init__()
+        if not 0 <= circles <= latent_dim:
+            raise ValueError(f"circles must be between 0 and latent_dim ({latent_dim}), got {circles}")
         # Constructor arguments: checkpoints store them, so BetaVAE(**config) rebuilds the model.
         self.config = {"latent_dim": latent_dim, "channels": channels}
-        self.latent_dim = latent_dim
+        if circles:  # circles=0 is the Gaussian model of the papers, config and all
+            self.config["circles"] = circles
+        self.latent_dim, self.circles = latent_dim, circles
+        gauss = latent_dim - circles
         # ReLUs in place: each overwrites the output of the layer before it, which backward
         # does not need, instead of writing a fresh copy (8 MB for a 32x32x32 layer at batch 64).
         # Encoder: 4 x (conv 4x4, stride 2) halves 64 -> 4; then two hidden FC layers.
@@ -47,11 +60,13 @@ class BetaVAE(nn.Module):
             nn.Flatten(),  # B, 512
             nn.Linear(512, 256), nn.ReLU(inplace=True),  # B, 256
             nn.Linear(256, 256), nn.ReLU(inplace=True),  # B, 256
-            nn.Linear(256, 2 * latent_dim),  # B, 2*latent: mu and log sigma^2
+            # B, 2*gauss + 3*circles: mu and log sigma^2 per Gaussian latent; per circle, its
+            # direction (2) and log kappa (1)
+            nn.Linear(256, 2 * gauss + 3 * circles),
         )
         # Decoder: the mirror image, ending in logits for every pixel.
         self.decoder = nn.Sequential(
-            nn.Linear(latent_dim, 256), nn.ReLU(inplace=True),  # B, 256
+            nn.Linear(gauss + 2 * circles, 256), nn.ReLU(inplace=True),  # B, 256
             nn.Linear(256, 256), nn.ReLU(inplace=True),  # B, 256
             nn.Linear(256, 512), nn.ReLU(inplace=True),  # B, 512
             nn.Unflatten(1, (32, 4, 4)),  # B, 32, 4, 4
@@ -62,18 +77,42 @@ class BetaVAE(nn.Module):
         )
 
     def encode(self, x):
-        """x: (B, C, 64, 64) in [0, 1] -> mu, logvar, each (B, latent_dim)."""
-        mu, logvar = self.encoder(x).chunk(2, dim=1)
-        return mu, logvar
+        """x: (B, C, 64, 64) in [0, 1] -> mu, logvar, each (B, latent_dim). For a circle
+        (the first `circles` columns) mu holds its mean angle θ in [-π, π] and logvar log κ."""
+        h = self.encoder(x)
+        if not self.circles:
+            return h.chunk(2, dim=1)
+        c = self.circles
+        gauss_mu, gauss_logvar = h[:, 3 * c:].chunk(2, dim=1)  # B, latent - c each
+        circ = h[:, :3 * c].float().view(-1, c, 3)  # B, c, 3 (fp32: angles under autocast too)
+        theta = torch.atan2(circ[..., 1], circ[..., 0])  # B, c: the direction's angle
+        return (torch.cat([theta.to(h.dtype), gauss_mu], 1),
+                torch.cat([circ[..., 2].to(h.dtype), gauss_logvar], 1))
 
     def reparameterize(self, mu, logvar):
-        """z = mu + sigma * eps, eps ~ N(0, I) (Kingma & Welling 2014, eq. 10); mu in eval mode."""
+        """A posterior sample; mu in eval mode. Gaussian: z = μ + σ ε, ε ~ N(0, I) (Kingma &
+        Welling 2014, eq. 10). Circle: φ = θ + δ with the Power Spherical sampler in 2-D (De Cao
+        & Aziz 2020, algorithm 1): the cosine of the offset δ is w = 1 − 2s, s ~ Beta(½, κ + ½)
+        (s is 1 − t of the paper's t ~ Beta(κ + ½, ½): exact as κ grows, where t rounds to 1),
+        its sign ±1 at random; Beta's rsample carries the gradient to κ, φ's to θ."""
         if not self.training:
             return mu
-        return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        c = self.circles
+        z = mu[:, c:] + torch.exp(0.5 * logvar[:, c:]) * torch.randn_like(mu[:, c:])
+        if not c:
+            return z
+        kappa = logvar[:, :c].exp()
+        s = torch.distributions.Beta(torch.full_like(kappa, 0.5), kappa + 0.5).rsample()
+        sign = torch.randint_like(s, 2) * 2 - 1
+        delta = torch.atan2(sign * 2 * torch.sqrt(s * (1 - s)), 1 - 2 * s)  # sin δ, cos δ
+        return torch.cat([torch.remainder(mu[:, :c] + delta + math.pi, 2 * math.pi) - math.pi,
+                          z], 1)
 
     def decode(self, z):
-        """z: (B, latent_dim) -> logits (B, C, 64, 64)."""
+        """z: (B, latent_dim), a circle's column an angle -> logits (B, C, 64, 64)."""
+        if self.circles:
+            phi = z[:, :self.circles]
+            z = torch.cat([torch.cos(phi), torch.sin(phi), z[:, self.circles:]], 1)
         return self.decoder(z)
 
     def forward(self, x):

@@ -119,7 +119,7 @@ def trial_name(config):
     extra = [f"_{k}{v:g}" if isinstance(v, float) else f"_{k}{v}"
              for k, v in vars(args).items()
              if k not in NOT_IN_NAME and v != getattr(defaults, k) and
-             k not in ("objective", "beta", "gamma", "c_max", "latent_dim", "seed")]
+             k not in ("objective", "beta", "gamma", "c_max", "latent_dim", "circles", "seed")]
     return train.default_run_name(args) + "".join(extra)
 
 

@@ -4,6 +4,7 @@
     python train.py --beta 4 --epochs 1 --max-steps 200   # a quick run: stops after 200 steps
     python train.py --objective TC --beta 6               # Chen et al.'s β-TCVAE
     python train.py --objective B --gamma 1000 --c-max 25 --init he  # Burgess et al.'s capacity
+    python train.py --beta 4 --circles 1                  # the first latent on a circle
     python train.py --resume runs/beta4_H_z10_seed0       # continue where a run stopped
     python train.py --beta 4 --epochs 30 --eval-every 5   # disentanglement scores every 5 epochs
 
@@ -39,6 +40,9 @@ def build_parser():
     p.add_argument("--beta", type=float, default=4.0,
                    help="H: the KL's weight β; TC: the total correlation's (default: 4)")
     p.add_argument("--latent-dim", type=int, default=10, help="latent dimensions (default: 10)")
+    p.add_argument("--circles", type=int, default=0,
+                   help="how many of the latents lie on a circle (Power Spherical posterior, "
+                        "uniform prior), the first ones; H and B only (default: 0)")
     p.add_argument("--objective", default="H", choices=["H", "TC", "B"],
                    help="H: recon + β·KL (Higgins 2017); TC: recon + MI + β·TC + dimension-wise "
                         "KL (Chen 2018); B: recon + γ·|KL − C| (Burgess 2018) (default: H)")
@@ -77,9 +81,11 @@ def default_lr(batch_size):
 
 
 def default_run_name(args):
+    circles = f"_circles{args.circles}" if args.circles else ""
     if args.objective == "B":
-        return f"B_gamma{args.gamma:g}_c{args.c_max:g}_z{args.latent_dim}_seed{args.seed}"
-    return f"beta{args.beta:g}_{args.objective}_z{args.latent_dim}_seed{args.seed}"
+        return (f"B_gamma{args.gamma:g}_c{args.c_max:g}_z{args.latent_dim}{circles}"
+                f"_seed{args.seed}")
+    return f"beta{args.beta:g}_{args.objective}_z{args.latent_dim}{circles}_seed{args.seed}"
 
 
 # The flags that each objective ignores (loss.py's H and TC take β; B takes γ and its capacity).
@@ -101,6 +107,10 @@ def check_args(args):
     cli.require("batch_size", args.batch_size, 2 if args.objective == "TC" else 1,  # TC: a pair
             high=dataset.NUM_IMAGES)
     cli.require_seeds([args.seed])
+    cli.require("circles", args.circles, 0, high=args.latent_dim)
+    if args.circles and args.objective == "TC":
+        raise cli.UserError("--circles: objective TC estimates log q(z) for Gaussian latents "
+                            "only; use --objective H or B")
     # A flag that the objective does not use, given a value unlike its default, is a mistake.
     defaults = build_parser().parse_args([])
     for flag in UNUSED[args.objective]:
@@ -116,7 +126,9 @@ def resolve_args(args, parser, argv):
     ckpt = checkpoint.load(args.resume)
     if "rng" not in ckpt:
         raise cli.UserError(f"{args.resume} holds no RNG state: it can be evaluated, not resumed")
-    stored = dict(ckpt["args"], out=str(checkpoint.run_dir(args.resume)))  # it may have moved
+    # A flag newer than the run takes its default, the value the run trained with.
+    stored = {**vars(parser.parse_args([])), **ckpt["args"],
+              "out": str(checkpoint.run_dir(args.resume))}  # it may have moved
     # Parsed again into a namespace where every flag is already set to a marker: argparse fills
     # in no defaults there, so what is not the marker was given on the command line.
     unset = object()
@@ -135,7 +147,7 @@ def resolve_args(args, parser, argv):
 def train_step(model, opt, imgs, **loss_args):
     """One optimizer step on a uint8 batch; returns the loss parts and the spread of the batch's
     codes (max |μ − μ of its first image|) as tensors (no host sync).
-    loss_args: beta_vae_loss's keywords (objective, beta, gamma, c, dataset_size)."""
+    loss_args: beta_vae_loss's keywords (objective, beta, gamma, c, dataset_size, circles)."""
     x = dataset.as_input(imgs)  # B, 1, 64, 64
     bf16 = functools.partial(torch.autocast, x.device.type, torch.bfloat16,
                              enabled=x.device.type == "cuda")
@@ -159,7 +171,7 @@ def train_step(model, opt, imgs, **loss_args):
 
 def build(args, device, ckpt):
     """The model and its optimizer, fresh or as `ckpt` left them; and the step to start at."""
-    model = BetaVAE(latent_dim=args.latent_dim)
+    model = BetaVAE(latent_dim=args.latent_dim, circles=args.circles)
     if args.init == "he":
         init_weights(model)
     model = speed.fast_model(model, device)  # on CPU, ConvTranspose2d runs speed.up_conv
@@ -200,7 +212,8 @@ def train(args, ckpt, started):
             c = linear_ramp(step, args.c_max, args.c_steps) if args.objective == "B" else 0.0
             imgs = data.images(order[pos * size:(pos + 1) * size])
             parts = train_step(model, opt, imgs, objective=args.objective, beta=beta,
-                               gamma=args.gamma, c=c, dataset_size=len(data))
+                               gamma=args.gamma, c=c, dataset_size=len(data),
+                               circles=args.circles)
             sums = parts if sums is None else {k: sums[k] + v for k, v in parts.items()}
             step += 1
             if step == step0 + 1:
