@@ -7,12 +7,14 @@
 Protocols of google-research/disentanglement_lib: the β-VAE score (Higgins et al. 2017), the
 FactorVAE score (Kim & Mnih 2018), the mutual information gap (Chen et al. 2018), DCI (Eastwood
 & Williams 2018) and SAP (Kumar et al. 2018), on the encoder mean μ(x) (--sample: one posterior
-sample per image). Prints a table and writes metrics.json, latent_factor_mi.png (normalised
-mutual information, latents x factors) and dci_importance.png (DCI's importance matrix) next to
-the checkpoint (--quick: metrics_quick.json and *_quick.png). The whole sampling plan is drawn
-first from one seeded numpy generator; each distinct image it touches is then encoded once and
-every score reads its codes from that table. --udr ranks runs of one setting that differ only
-in seed by how alike their latents are, without labels (Duan et al. 2020; scores.py).
+sample per image); a circle latent (train.py --circles) is represented by its mean angle in
+[-π, π], one number with its seam at ±π. Beside MIG's table, each latent's orientation MI within
+shape. Prints a table and writes metrics.json, latent_factor_mi.png (normalised mutual
+information, latents x factors) and dci_importance.png (DCI's importance matrix) next to the
+checkpoint (--quick: metrics_quick.json and *_quick.png). The whole sampling plan is drawn first
+from one seeded numpy generator; each distinct image it touches is then encoded once and every
+score reads its codes from that table. --udr ranks runs of one setting that differ only in seed
+by how alike their latents are, without labels (Duan et al. 2020; scores.py).
 """
 import copy
 import json
@@ -176,7 +178,25 @@ def mig(codes, index, bins=MIG_BINS):
     gap = top[0] - top[1]
     return {"mig": float(gap.mean()), "mig_no_shape": float(gap[1:].mean()),
             "mig_per_factor": dict(zip(FACTOR_NAMES, gap.tolist())), "mi": mi.tolist(),
-            "entropy": dict(zip(FACTOR_NAMES, entropy.tolist()))}
+            "entropy": dict(zip(FACTOR_NAMES, entropy.tolist())),
+            "orientation_mi_within_shape": mi_within(z, v, "orientation", "shape").tolist()}
+
+
+def mi_within(z, v, factor, given):
+    """Each latent's normalised MI with `factor` among images that share `given`:
+    I(z_j; v_factor | v_given) / H(v_factor | v_given), on discretised codes z (n, d) and
+    factor classes v (n, 5). For orientation given shape, it tells a latent that turns each
+    shape apart from one that only tells the shapes apart (whose orientation MI it keeps)."""
+    from sklearn.metrics import mutual_info_score
+
+    f, g = FACTOR_NAMES.index(factor), FACTOR_NAMES.index(given)
+    mi, entropy = np.zeros(z.shape[1]), 0.0
+    for value in np.unique(v[:, g]):
+        rows = v[:, g] == value
+        p = rows.mean()
+        entropy += p * mutual_info_score(v[rows, f], v[rows, f])
+        mi += p * np.array([mutual_info_score(v[rows, f], col) for col in z[rows].T])
+    return mi / entropy
 
 
 def score(codes, p):
@@ -413,6 +433,9 @@ def main(argv=None):
     device = cli.pick_device(args.device)
     ckpts = [checkpoint.load(path) for path in args.ckpt]
     models = [checkpoint.rebuild_model(ckpt, device) for ckpt in ckpts]
+    if args.sample and models[0].circles:
+        raise cli.UserError("--sample draws Gaussian noise; this model has circle latents, "
+                            "whose code is their mean angle")
     data = dataset.load(args.data, args.download, device)
     if args.udr:
         names = [checkpoint.run_dir(path).name for path in args.ckpt]

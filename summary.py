@@ -5,12 +5,14 @@
 Reads every run folder in the sweep folder (ckpt.pt, losses.csv, metrics.json, status.json) and
 writes summary.csv (one row per trial: its flags, step, reconstruction and KL per image over the
 last 500 steps, latents with KL >= 0.5 nats, the scores, for each factor the best normalised
-MI with an active latent and that latent, and UDR where its setting has two or more scored
-seeds), summary.md (per setting, the trials that differ only in seed: mean ± std over the
-scored ones, the others listed with their step; and how UDR's ranking of the trials agrees with
-each score's), summary.png (each score per setting, one point per seed and the mean) and
-rotation.png (each scored trial's rotation latent, the one with the most orientation MI, swept
-from -3 to 3 on traverse.py's four samples). sweep.py rewrites them whenever a trial ends.
+MI with an active latent and that latent, the best orientation MI within shape, each circle
+latent's KL and MIs, and UDR where its setting has two or more scored seeds), summary.md (per
+setting, the trials that differ only in seed: mean ± std over the scored ones, the others listed
+with their step; and how UDR's ranking of the trials agrees with each score's), summary.png
+(each score per setting, one point per seed and the mean) and rotation.png (each scored trial's
+rotation latent, the one with the most orientation MI, swept from -3 to 3 on traverse.py's four
+samples; in a trial with circle latents its first circle, through a full turn). sweep.py
+rewrites them whenever a trial ends.
 """
 import csv
 import json
@@ -33,9 +35,10 @@ from evaluate import SCORES
 TAIL_STEPS = 500  # losses averaged over the last 500 steps
 ACTIVE_KL = 0.5  # nats: a latent at or above this counts as on
 STRIP = (-3.0, 3.0, 9)  # rotation.png: z values from, to, how many
+CIRCLE_STRIP = 12  # rotation.png: a circle's angles round the turn, 30° apart
 # Flags of the run that say what it is (summary columns), in this order.
-FLAGS = ("objective", "beta", "gamma", "c_max", "c_steps", "latent_dim", "batch_size", "lr",
-         "init", "warmup_steps", "epochs", "seed")
+FLAGS = ("objective", "beta", "gamma", "c_max", "c_steps", "latent_dim", "circles", "batch_size",
+         "lr", "init", "warmup_steps", "epochs", "seed")
 
 
 def setting(name):
@@ -74,6 +77,22 @@ def best_mi(metrics):
         j = max(active, key=lambda i: mi[i][k])
         row[f"mi_{factor}"], row[f"z_{factor}"] = round(mi[j][k], 4), j
     row["mi_shape_of_z_orientation"] = round(mi[row["z_orientation"]][FACTOR_NAMES.index("shape")], 4)
+    within = metrics.get("orientation_mi_within_shape")  # absent in older metrics files
+    if within:
+        j = max(active, key=lambda i: within[i])
+        row["mi_orientation_within_shape"], row["z_orientation_within_shape"] = round(within[j], 4), j
+    return row
+
+
+def circle_columns(metrics, circles):
+    """Each circle latent's KL, orientation and shape MI, and orientation MI within shape."""
+    row = {}
+    for j in range(circles):
+        row[f"circle{j}_kl"] = round(metrics["kl_per_dim"][j], 4)
+        for factor in ("orientation", "shape"):
+            row[f"circle{j}_mi_{factor}"] = round(metrics["mi"][j][FACTOR_NAMES.index(factor)], 4)
+        row[f"circle{j}_mi_orientation_within_shape"] = round(
+            metrics["orientation_mi_within_shape"][j], 4)
     return row
 
 
@@ -90,7 +109,8 @@ def trial_row(run):
             metrics = json.loads((run / name).read_text())
             if metrics.get("step") == ckpt["step"]:
                 row.update(protocol="quick" if metrics["quick"] else "full", **scores(metrics),
-                           **best_mi(metrics))
+                           **best_mi(metrics),
+                           **circle_columns(metrics, ckpt["model_args"].get("circles", 0)))
                 break
     return row
 
@@ -189,20 +209,30 @@ def plot(rows, path):
 
 
 def rotation_strips(folder, rows, data):
-    """{trial: (label, S, n, 64, 64 images)}: each scored trial's orientation latent swept over
-    STRIP on traverse.py's samples, the other latents at each sample's posterior mean."""
+    """{trial: (label, S, n, 64, 64 images, tick labels)}: each scored trial's rotation latent on
+    traverse.py's samples, the other latents at each sample's posterior mean: its orientation
+    latent swept over STRIP, or in a trial with circles its first circle through a full turn
+    in CIRCLE_STRIP angles."""
     xs = traverse.sample_inputs(data)
-    values = torch.linspace(*STRIP)
     strips = {}
     for r in rows:
         if "protocol" not in r:
             continue
         model = checkpoint.rebuild_model(checkpoint.load(folder / r["trial"]))
-        k = r["z_orientation"]
-        label = (f"{r['trial']}: z{k}, normalised MI with orientation {r['mi_orientation']:.2f}, "
-                 f"with shape {r['mi_shape_of_z_orientation']:.2f}")
+        if model.circles:
+            k, n = 0, CIRCLE_STRIP
+            label = (f"{r['trial']}: circle z0, normalised MI with orientation "
+                     f"{r['circle0_mi_orientation']:.2f}, with shape {r['circle0_mi_shape']:.2f}, "
+                     f"orientation within shape {r['circle0_mi_orientation_within_shape']:.2f}")
+        else:
+            k, n = r["z_orientation"], STRIP[2]
+            label = (f"{r['trial']}: z{k}, normalised MI with orientation "
+                     f"{r['mi_orientation']:.2f}, with shape {r['mi_shape_of_z_orientation']:.2f}")
+        values = traverse.sweep_values(model, k, STRIP[1], n)
+        ticks = [f"{v:.0f}°" for v in values.rad2deg().tolist()] if model.circles else [
+            f"{v:g}" for v in values.tolist()]
         strips[r["trial"]] = label, torch.stack(
-            [traverse.traverse(model, x[None], k, values) for x in xs]).numpy()
+            [traverse.traverse(model, x[None], k, values) for x in xs]).numpy(), ticks
     return strips
 
 
@@ -210,16 +240,15 @@ def plot_rotation(strips, path):
     """One panel per trial: its strips as rows (samples), columns the z values."""
     if not strips:
         return
-    n = STRIP[2]
+    n = max(len(ticks) for _, _, ticks in strips.values())
     with runlog.figure(path, (n * 0.7, len(strips) * 3.0), "tight") as fig:
-        for ax, (label, images) in zip(fig.subplots(len(strips), 1, squeeze=False)[:, 0],
-                                       strips.values()):
+        for ax, (label, images, ticks) in zip(fig.subplots(len(strips), 1, squeeze=False)[:, 0],
+                                              strips.values()):
             ax.imshow(np.concatenate([np.concatenate(list(row), axis=1) for row in images]),
                       cmap="gray", vmin=0, vmax=1)
             ax.set_title(label, fontsize=8)
             size = images.shape[-1]
-            ax.set_xticks([size * (j + 0.5) for j in range(n)],
-                          [f"{v:g}" for v in np.linspace(*STRIP)], fontsize=7)
+            ax.set_xticks([size * (j + 0.5) for j in range(len(ticks))], ticks, fontsize=7)
             ax.set_yticks([])
 
 

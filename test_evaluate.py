@@ -302,3 +302,50 @@ def test_udr_of_a_permuted_twin_equals_that_of_a_copy_and_beats_another_seed(tmp
         evaluate.main(["--udr", runs[0], str(Path(runs[0]) / "ckpt.pt")])
     with pytest.raises(UserError, match="give one checkpoint, or --udr"):
         evaluate.main(runs[:2])
+
+
+def test_orientation_mi_within_shape_known_answers():
+    """On discrete codes: a latent equal to orientation has MI 1 with it within every shape, as
+    does one coding (shape, orientation) together; a latent equal to shape has 0 (it says nothing
+    once the shape is known), though its plain orientation MI is 0 too; noise has about 0. With
+    one shape only, it is plain normalised MI."""
+    rng = np.random.default_rng(0)
+    v = evaluate._factors(rng.integers(NUM_IMAGES, size=20_000))
+    shape, orientation = v[:, 0], v[:, 2]
+    z = np.column_stack([orientation, shape, 40 * shape + orientation, rng.integers(20, size=len(v))])
+    within = evaluate.mi_within(z, v, "orientation", "shape")
+    assert within[:3] == pytest.approx([1.0, 0.0, 1.0], abs=1e-9)
+    assert 0 < within[3] < 0.02
+    hearts = shape == 2
+    from sklearn.metrics import mutual_info_score
+    plain = mutual_info_score(orientation[hearts], z[hearts, 3]) / mutual_info_score(
+        orientation[hearts], orientation[hearts])
+    assert evaluate.mi_within(z[hearts], v[hearts], "orientation", "shape")[3] == pytest.approx(plain)
+
+
+def test_a_circle_model_is_scored_on_its_mean_angle(tmp_path, capsys, tiny_protocol):
+    """A circle latent's code is its mean angle (what encode returns in eval mode), its KL the
+    Power Spherical one; metrics.json holds every latent's orientation MI within shape. --sample
+    is refused in one line: a circle has no Gaussian noise."""
+    torch.manual_seed(0)
+    model = BetaVAE(circles=2)
+    folder = tmp_path / "circle"
+    folder.mkdir()
+    torch.save({"model_args": model.config, "model": model.state_dict(), "optimizer": {},
+                "step": 0, "args": {}}, folder / "ckpt.pt")
+    data = dataset.load(None)
+    index = np.arange(0, NUM_IMAGES, 7919)
+    _, mu, logvar = evaluate.encode_eval(model, data, index)
+    with torch.no_grad():
+        angle = model.eval().encode(dataset.as_input(data.images(torch.from_numpy(index))))[0]
+    np.testing.assert_allclose(mu, angle.numpy(), atol=1e-5)
+    assert np.abs(mu[:, :2]).max() <= np.pi
+    kl = evaluate.mean_kl(index, mu, logvar, index, circles=2)
+    from loss import power_spherical_kl
+    assert kl[0] == pytest.approx(power_spherical_kl(torch.from_numpy(logvar[:, 0])).mean().item(),
+                                  rel=1e-5)
+    assert evaluate.main([str(folder), "--quick"]) == 0
+    metrics = json.loads((folder / "metrics_quick.json").read_text())
+    assert len(metrics["orientation_mi_within_shape"]) == 10
+    with pytest.raises(UserError, match="--sample draws Gaussian noise; this model has circle"):
+        evaluate.main([str(folder), "--sample"])

@@ -1,6 +1,8 @@
-"""The model: shapes, init, sampling, ReLUs."""
+"""The model: shapes, init, sampling, ReLUs, circle latents."""
 import copy
+import math
 
+import pytest
 import torch
 from torch import nn
 
@@ -88,3 +90,40 @@ def test_inplace_relus_change_nothing_but_memory():
     assert torch.equal(losses[0], losses[1])
     for a, b in zip(ours.parameters(), copying.parameters()):
         assert torch.equal(a.grad, b.grad)
+
+
+def test_no_circles_is_the_papers_model_parameter_for_parameter():
+    """circles=0: the layers, shapes and config of the Gaussian model, so checkpoints of it load
+    as they are; circles=C: the encoder gives 3 numbers per circle, the decoder reads 2."""
+    shapes = {k: tuple(v.shape) for k, v in BetaVAE().state_dict().items()}
+    assert shapes["encoder.13.weight"] == (20, 256) and shapes["decoder.0.weight"] == (256, 10)
+    assert sum(v.numel() for v in BetaVAE().parameters()) == 502_005
+    assert BetaVAE(circles=0).config == {"latent_dim": 10, "channels": 1}
+    circ = BetaVAE(latent_dim=10, circles=2)
+    assert circ.config == {"latent_dim": 10, "channels": 1, "circles": 2}
+    assert circ.encoder[-1].out_features == 2 * 8 + 3 * 2 and circ.decoder[0].in_features == 8 + 4
+    assert {k: tuple(v.shape) for k, v in BetaVAE(**circ.config).state_dict().items()} == {
+        k: tuple(v.shape) for k, v in circ.state_dict().items()}
+    for bad in (-1, 11):
+        with pytest.raises(ValueError, match="circles must be between 0 and latent_dim"):
+            BetaVAE(circles=bad)
+
+
+def test_a_circle_is_read_as_its_angle():
+    """encode gives a circle's mean angle, atan2 of its direction, and log κ; decode reads the
+    circle through (cos φ, sin φ): a full turn decodes the same image, a half turn does not."""
+    torch.manual_seed(0)
+    model = BetaVAE(latent_dim=4, circles=1).eval()
+    x = torch.rand(3, 1, 64, 64)
+    mu, logvar = model.encode(x)
+    head = model.encoder(x)
+    torch.testing.assert_close(mu[:, 0], torch.atan2(head[:, 1], head[:, 0]))
+    torch.testing.assert_close(logvar[:, 0], head[:, 2])
+    torch.testing.assert_close(mu[:, 1:], head[:, 3:6])
+    torch.testing.assert_close(logvar[:, 1:], head[:, 6:])
+    turned = mu.clone()
+    turned[:, 0] += 2 * math.pi
+    torch.testing.assert_close(model.decode(turned), model.decode(mu), atol=1e-4, rtol=0)
+    turned[:, 0] -= math.pi
+    assert (model.decode(turned) - model.decode(mu)).abs().max() > 1e-3
+    assert torch.equal(model.reparameterize(mu, logvar), mu)  # eval: the mean angle

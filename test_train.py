@@ -291,9 +291,33 @@ def test_a_second_run_into_a_busy_folder_is_refused_and_a_stale_lock_taken_over(
     (["--objective", "B", "--beta", "8"], "--beta 8 does nothing under --objective B"),
     (["--objective", "B", "--warmup-steps", "9"],
      "--warmup-steps 9 does nothing under --objective B"),
+    (["--circles", "-1"], "--circles must be a finite number at least 0 and at most 10, got -1"),
+    (["--latent-dim", "3", "--circles", "4"],
+     "--circles must be a finite number at least 0 and at most 3, got 4"),
+    (["--objective", "TC", "--circles", "1"], "--circles: objective TC estimates log q(z) for "
+     "Gaussian latents only; use --objective H or B"),
 ])
 def test_nonsense_numbers_end_in_one_line_before_any_work(tmp_path, flags, message):
     """Before any work: nothing printed, no run folder made (no data drawn, no lock taken)."""
     r = run_script("train.py", "--out", str(tmp_path / "x"), *flags)
     assert r.returncode == 1 and r.stderr == f"train.py: error: {message}\n", r.stderr
     assert r.stdout == "" and not (tmp_path / "x").exists()
+
+
+def test_a_circle_run_trains_resumes_exactly_and_keeps_its_circles(tmp_path):
+    """--circles 1: named in the run, stored in model_args; 10 steps then a resume to 20 equal a
+    straight run of 20 (the Beta draws of the sampler come from the saved RNG state); a resume
+    keeps the circles and refuses another count."""
+    flags = ["--epochs", "1", "--circles", "1"] + FAST
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train.main(flags + ["--max-steps", "20", "--out", str(straight)])
+    train.main(flags + ["--max-steps", "10", "--out", str(split)])
+    assert train.main(["--resume", str(split), "--max-steps", "20"]) == 0
+    a, b = checkpoint.load(straight), checkpoint.load(split)
+    assert a["model_args"] == {"latent_dim": 10, "channels": 1, "circles": 1}
+    assert b["step"] == 20 and b["model_args"] == a["model_args"] and b["args"]["circles"] == 1
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert rows(split) == rows(straight) and float(rows(straight)[-1]["kl_z0"]) > 0
+    assert train.default_run_name(parse(["--circles", "1"])[0]) == "beta4_H_z10_circles1_seed0"
+    with pytest.raises(UserError, match=r"--circles 2 conflicts with the run being resumed \(1\)"):
+        train.main(["--resume", str(split), "--circles", "2"])

@@ -2,6 +2,7 @@
 import json
 
 import imageio.v3 as iio
+import numpy as np
 import pytest
 import torch
 
@@ -80,3 +81,28 @@ def test_bad_numbers_end_in_one_line(run40, args, message):
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
     assert r.stdout == ""
 
+
+
+def test_a_circle_turns_once_round_and_its_gif_loops_without_a_jump(tmp_path, capsys):
+    """A circle's column: 2 (frames − 1) angles evenly round the turn from −π, forward only, so
+    the step from the last frame back to the first is one more step; its header says circle."""
+    torch.manual_seed(0)
+    model = BetaVAE(circles=1)
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"model_args": model.config, "model": model.state_dict(), "optimizer": {},
+                "step": 7, "args": {}}, run / "ckpt.pt")
+    mi = [[0.0, 0.0, 0.9, 0.0, 0.0]] + [[0.0] * 5] * 9
+    (run / "metrics.json").write_text(json.dumps({"step": 7, "mi": mi, "kl_per_dim": [2.0] * 10}))
+    values = traverse.sweep_values(model, 0, 3.0, 8)
+    torch.testing.assert_close(values, torch.arange(8) * (2 * torch.pi / 8) - torch.pi)
+    torch.testing.assert_close(traverse.sweep_values(model, 1, 3.0, 5), torch.linspace(-3, 3, 5))
+    traverse.main([str(run), "--out", str(tmp_path / "gif"), "--frames", "5"])
+    circle = iio.imread(tmp_path / "gif" / "1" / "traversal_latent_dim_0.gif", index=None)
+    line = iio.imread(tmp_path / "gif" / "1" / "traversal_latent_dim_1.gif", index=None)
+    assert len(circle) == len(line) == 8  # 8 angles; 5 values there and 3 back
+    bar = circle[:, -traverse.BAR // 2, :, 0] > 128  # the bar's marker moves on every frame
+    starts = [int(np.argmax(row)) for row in bar]
+    assert starts == sorted(starts) and len(set(starts)) == 8
+    header = (tmp_path / "gif" / "traversals.md").read_text().splitlines()[0]
+    assert header.startswith("| sample | z0: circle, orientation (KL 2.00) | z1: shape (KL 2.00)")

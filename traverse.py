@@ -4,7 +4,9 @@
 
 For each sample image (rows 1-4: one per shape plus one more) and each latent k, writes
 gif/<row>/traversal_latent_dim_<k>.gif: z_k swept from -limit to +limit and back, the other
-latents held at the sample's posterior mean. A bar under each frame marks the current z_k.
+latents held at the sample's posterior mean; a circle latent (train.py --circles) turns through
+one full turn instead, from -π, and the GIF loops on without a jump. A bar under each frame
+marks the current z_k.
 Also gif/traversal_grid.png (rows = latents sorted by KL, columns = z values, for sample 1),
 gif/reconstructions.png (inputs above reconstructions) and gif/traversals.md, the README's
 results table. Each latent is named by the factor with the largest normalised MI I(z; v) / H(v)
@@ -53,6 +55,14 @@ def parse_indices(text):
     return index
 
 
+def sweep_values(model, dim, limit, n):
+    """The z values a traversal of latent `dim` takes: n from -limit to limit, or for a circle n
+    angles evenly round the whole turn from -π (the next after the last would be -π again)."""
+    if dim < model.circles:
+        return torch.linspace(-torch.pi, torch.pi, n + 1)[:-1]
+    return torch.linspace(-limit, limit, n)
+
+
 def traverse(model, x, dim, values):
     """Decode z with z[dim] swept over values, the other latents at x's posterior mean.
     x: (1, 1, 64, 64) -> (len(values), 64, 64) pixel probabilities."""
@@ -63,8 +73,9 @@ def traverse(model, x, dim, values):
         return torch.sigmoid(model.decode(z))[:, 0]
 
 
-def gif_frames(images, values, limit):
-    """uint8 frames, upscaled, each with a bar marking its z value; forward then back."""
+def gif_frames(images, values, limit, circle=False):
+    """uint8 frames, upscaled, each with a bar marking its z value in [-limit, limit]; forward
+    then back, or for a circle (limit π) forward only: the loop closes the turn."""
     frames = []
     for img, z in zip(images.numpy(), values.tolist()):
         big = np.kron(img, np.ones((UPSCALE, UPSCALE)))
@@ -72,18 +83,22 @@ def gif_frames(images, values, limit):
         pos = round((z + limit) / (2 * limit) * (big.shape[1] - 4))
         bar[1:-1, pos:pos + 4] = 1.0
         frames.append((np.concatenate([big, bar]) * 255).astype(np.uint8))
+    if circle:
+        return frames
     return frames + frames[-2:0:-1]  # ping-pong: forward, then back without repeating the ends
 
 
 def write_gifs(model, xs, out, limit, n_frames):
     import imageio.v3 as iio
 
-    values = torch.linspace(-limit, limit, n_frames)
     paths = []
     for row, x in enumerate(xs, start=1):
         (out / str(row)).mkdir(parents=True, exist_ok=True)
         for k in range(model.latent_dim):
-            frames = gif_frames(traverse(model, x[None], k, values), values, limit)
+            circle = k < model.circles  # a turn in as many frames as a sweep there and back
+            values = sweep_values(model, k, limit, 2 * (n_frames - 1) if circle else n_frames)
+            frames = gif_frames(traverse(model, x[None], k, values), values,
+                                torch.pi if circle else limit, circle)
             path = out / str(row) / f"traversal_latent_dim_{k}.gif"
             iio.imwrite(path, np.stack(frames), duration=FRAME_MS, loop=0)
             paths.append(path)
@@ -102,11 +117,12 @@ def latent_info(ckpt_path, step, model, data):
     return evaluate.latent_factor_mi(model, data)
 
 
-def latent_labels(mi, kl):
-    """'z3: posX (KL 2.10)' for each latent, or 'z7: inactive' below INACTIVE_KL."""
-    return [f"z{k}: inactive" if kl[k] < INACTIVE_KL else
-            f"z{k}: {FACTOR_NAMES[int(np.argmax(mi[k]))]} (KL {kl[k]:.2f})"
-            for k in range(len(kl))]
+def latent_labels(mi, kl, circles=0):
+    """'z3: posX (KL 2.10)' for each latent, or 'z7: inactive' below INACTIVE_KL; a circle's
+    says so: 'z0: circle, orientation (KL 2.10)'."""
+    return [f"z{k}: " + ("circle, " if k < circles else "") + (
+        "inactive" if kl[k] < INACTIVE_KL else
+        f"{FACTOR_NAMES[int(np.argmax(mi[k]))]} (KL {kl[k]:.2f})") for k in range(len(kl))]
 
 
 def markdown_table(labels, n_rows, out, width=96):
@@ -121,8 +137,13 @@ def markdown_table(labels, n_rows, out, width=96):
 
 
 def write_grid(model, x, path, limit, n_frames, labels, order):
+    """Rows: the latents in `order`, each swept over its sweep_values (a circle: a full turn,
+    marked in its label); columns: the z values, labelled for the Gaussian latents."""
     values = torch.linspace(-limit, limit, n_frames)
-    rows = [traverse(model, x[None], k, values).numpy() for k in order]
+    rows = [traverse(model, x[None], k, sweep_values(model, k, limit, n_frames)).numpy()
+            for k in order]
+    labels = [label + (", one full turn" if k < model.circles else "")
+              for k, label in enumerate(labels)]
     with runlog.figure(path, (n_frames * 0.8, len(rows) * 0.8)) as fig:
         axes = fig.subplots(len(rows), n_frames, squeeze=False)
         for k, (imgs, label) in enumerate(zip(rows, [labels[k] for k in order])):
@@ -175,7 +196,7 @@ def main(argv=None):
     out = Path(args.out)
     paths = write_gifs(model, xs, out, args.limit, args.frames)
     mi, kl = latent_info(args.ckpt, ckpt["step"], model, data)
-    labels = latent_labels(mi, kl)
+    labels = latent_labels(mi, kl, model.circles)
     order = np.argsort(-np.array(kl), kind="stable")
     write_grid(model, xs[0], out / "traversal_grid.png", args.limit, args.frames, labels, order)
     write_reconstructions(model, xs, out / "reconstructions.png")
