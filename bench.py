@@ -4,7 +4,8 @@
     python bench.py --device cuda --batch-size 2048
     python bench.py --ckpt results/beta4_H_z10_seed0   # both loops from a trained state
 
-Both loops train the same model (model.py) with the same loss and Adam step. The project's
+Both loops train the same model (model.py) with the same loss and Adam step; beside them, the
+project's step under FactorVAE's objective (train.py --objective F) is timed too. The project's
 step draws each batch from the data source train.py uses, bit-packed on the device, in its
 steady state (the rendered store filled, as from train.py's second epoch on), and runs
 train.train_step on the model with speed.py's settings. The baseline uses model.py as it is,
@@ -28,12 +29,13 @@ from torch.utils.flop_counter import FlopCounterMode
 import checkpoint
 import cli
 import dataset
+import discriminator
 import runlog
 import speed
 from cli import UserError, require
 from loss import beta_vae_loss
 from model import BetaVAE
-from train import LR, train_step  # LR: batch 64's rate, for both loops at any batch size
+from train import LR, make_critic, train_step  # LR: batch 64's rate, for every loop
 
 
 class TutorialDataset(Dataset):
@@ -101,6 +103,17 @@ def project_loop(data, batch_size, device, lr, ckpt=None):
         yield train_step(model, opt, imgs)["loss"]
 
 
+def factor_loop(data, batch_size, device, lr):
+    """The project's step under objective F, from fresh weights: the VAE's step and the
+    discriminator's, on a second batch (train.py's)."""
+    model, opt = fast_model_and_adam(device, lr)
+    critic = make_critic(model.latent_dim, device)
+    stream = batch_stream(data, batch_size, device)
+    for imgs in stream:
+        yield train_step(model, opt, imgs, critic, next(stream), objective="F",
+                         gamma=discriminator.GAMMA, dataset_size=len(data))["loss"]
+
+
 def baseline_process(conn, imgs, batch_size, device, lr, ckpt):
     """The baseline's own process: one timing window per number of seconds received; on None,
     its peak memory, and it ends."""
@@ -164,9 +177,11 @@ def peak_memory(device):
 
 
 def bench(batch_size, device, seconds, windows, data, lr=LR, ckpt=None):
-    """Alternating timing windows of both loops, both from `ckpt`'s state if given: (rates per
-    loop, the baseline's peak MiB)."""
+    """Alternating timing windows of both loops, both from `ckpt`'s state if given, and of the
+    project's loop under objective F (fresh weights): (rates per loop, the baseline's peak
+    MiB)."""
     project = project_loop(data, batch_size, device, lr, ckpt)
+    factor = factor_loop(data, batch_size, device, lr)
     # The baseline's uint8 images, held in memory as the tutorials do (a 16,384-image subset).
     pool = torch.cat([data.images(i).cpu() for i in torch.randperm(len(data))[:16384].split(4096)])
     # A fresh interpreter ("spawn"): a forked child would inherit this process's settings.
@@ -182,10 +197,12 @@ def bench(batch_size, device, seconds, windows, data, lr=LR, ckpt=None):
 
     time_window(project, min(seconds, 3.0), batch_size, device)  # warm-up: kernels chosen,
     baseline_window(min(seconds, 3.0))  # caches filled
-    rates = {"project": [], "baseline": []}
+    time_window(factor, min(seconds, 3.0), batch_size, device)
+    rates = {"project": [], "baseline": [], "F": []}
     for _ in range(windows):
         rates["project"].append(time_window(project, seconds, batch_size, device))
         rates["baseline"].append(baseline_window(seconds))
+        rates["F"].append(time_window(factor, seconds, batch_size, device))
     conn.send(None)
     baseline_peak = conn.recv()
     child.join()
@@ -319,12 +336,17 @@ def main(argv=None):
           f"{'GFLOP/s':>8} {'of bound':>9}")
     rates, baseline_peak = bench(args.batch_size, device, args.seconds, args.windows, data,
                                  ckpt=ckpt)
+    f_rates = rates.pop("F")
     med = {k: statistics.median(v) for k, v in rates.items()}
     for k, v in rates.items():
         gflops = med[k] * flops / 1e9
         print(f"{args.batch_size:>6} {k:>9} {med[k]:>13,.0f} {min(v):>8,.0f} {max(v):>8,.0f} "
               f"{gflops:>8.1f} {gflops / bound:>9.0%}")
     print(f"{args.batch_size:>6} {'ratio':>9} {med['project'] / med['baseline']:>12.2f}x")
+    f_med = statistics.median(f_rates)
+    print(f"objective F (FactorVAE, fresh weights; its discriminator's step and second batch "
+          f"besides): median {f_med:,.0f} img/s, min {min(f_rates):,.0f}, max {max(f_rates):,.0f}; "
+          f"{f_med / med['project']:.2f}x the project's H loop")
     what = "GPU memory allocated" if device.type == "cuda" else "resident memory"
     print(f"peak {what}: project {peak_memory(device):,.0f} MiB, baseline {baseline_peak:,.0f} MiB")
 

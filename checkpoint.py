@@ -3,8 +3,9 @@
     python checkpoint.py results/beta4_H_z10_seed0/ckpt.pt    # what a checkpoint holds
 
 A checkpoint is a dict saved by torch.save: model_args (BetaVAE's constructor arguments),
-model (its state dict), optimizer, step, args (train.py's flags) and rng. BetaVAE(**model_args)
-plus the state dict rebuilds the trained model; nothing here imports train.py.
+model (its state dict), optimizer, step, args (train.py's flags) and rng; under FactorVAE's
+objective also discriminator and disc_optimizer. BetaVAE(**model_args) plus the state dict
+rebuilds the trained model; nothing here imports train.py.
 """
 import os
 from pathlib import Path
@@ -28,21 +29,29 @@ def run_dir(path):
     return path if path.is_dir() else path.parent
 
 
-def state(model, opt, step, args, device):
-    """The checkpoint dict of a training run at `step`: enough to rebuild or resume it."""
-    return {"model_args": model.config, "model": model.state_dict(),
+def state(model, opt, step, args, device, critic=None):
+    """The checkpoint dict of a training run at `step`: enough to rebuild or resume it.
+    critic: FactorVAE's (discriminator, its optimizer), or None."""
+    ckpt = {"model_args": model.config, "model": model.state_dict(),
             "optimizer": opt.state_dict(), "step": step, "args": vars(args),
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None}}
+    if critic is not None:
+        ckpt["discriminator"], ckpt["disc_optimizer"] = (m.state_dict() for m in critic)
+    return ckpt
 
 
-def restore(ckpt, model, opt, lr, device):
+def restore(ckpt, model, opt, lr, device, critic=None):
     """Load state() back into a fresh model and optimizer, with the learning rate `lr` (a
-    resumed run may lower it), and the random generators; returns the step. A state that does
-    not fit them is a CheckpointError."""
+    resumed run may lower it), the random generators and FactorVAE's critic (discriminator,
+    optimizer) where given; returns the step. A state that does not fit them is a
+    CheckpointError."""
     try:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
+        if critic is not None:
+            critic[0].load_state_dict(ckpt["discriminator"])
+            critic[1].load_state_dict(ckpt["disc_optimizer"])
         torch.set_rng_state(ckpt["rng"]["torch"])
         if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"])

@@ -3,9 +3,12 @@
     python loss.py        # checks the closed-form KL and the β-TCVAE estimator against
                           # torch.distributions
 
-Three objectives (README, "ELBO Loss"):
+Four objectives (README, "ELBO Loss"):
   H  (Higgins et al. 2017, eq. 4):  L = recon + β · KL
   B  (Burgess et al. 2018, eq. 8):  L = recon + γ · |KL − C|,  C raised linearly from 0 to C_max
+  F  (Kim & Mnih 2018, "Disentangling by Factorising", eq. 2):
+                                    L = recon + KL + γ · TC,  TC estimated by a discriminator
+                                    (discriminator.py's tc_estimate), passed in as `tc`
   TC (Chen et al. 2018, "Isolating Sources of Disentanglement in VAEs", eq. 4, α = γ = 1):
                                     L = recon + I + β · TC + Σ_j KL(q(z_j) || p(z_j))
      where KL(q(z|x) || p(z)) averaged over the data splits into the index-code mutual
@@ -137,7 +140,7 @@ def tc_parts(z, mu, logvar, dataset_size):
 
 
 def beta_vae_loss(logits, x, mu, logvar, objective="H", beta=4.0, gamma=1000.0, c=0.0, z=None,
-                  dataset_size=None, circles=0):
+                  dataset_size=None, circles=0, tc=None):
     """Total loss and its parts: dict(loss, recon, kl, kl_per_dim), and for "TC" mi, tc, dw_kl.
 
     objective "H": recon + beta * KL.  objective "B": recon + gamma * |KL - c| (c: linear_ramp();
@@ -148,6 +151,8 @@ def beta_vae_loss(logits, x, mu, logvar, objective="H", beta=4.0, gamma=1000.0, 
     (737,280 for dSprites). mi, tc and dw_kl are batch means of the estimates of tc_parts();
     they sum to the mean of log q(z|x) − log p(z), a one-sample estimate of the closed-form KL,
     which is still reported as kl (and kl_per_dim) for comparison.
+    objective "F": recon + KL + gamma * tc, tc the discriminator's estimate of the total
+    correlation (a scalar that carries the gradient to the encoder through z); reported as tc.
     circles: how many leading latents are circles (model.py); H and B only.
     """
     recon = reconstruction_loss(logits, x)
@@ -158,6 +163,12 @@ def beta_vae_loss(logits, x, mu, logvar, objective="H", beta=4.0, gamma=1000.0, 
         total = recon + beta * kl
     elif objective == "B":
         total = recon + gamma * (kl - c).abs()
+    elif objective == "F":
+        if tc is None:
+            raise ValueError("objective 'F' needs tc, the discriminator's estimate of the total "
+                             "correlation (discriminator.tc_estimate)")
+        parts = {"tc": tc}
+        total = recon + kl + gamma * tc
     elif objective == "TC":
         if circles:
             raise ValueError("objective 'TC' estimates log q(z) for Gaussian latents only; "
@@ -173,7 +184,7 @@ def beta_vae_loss(logits, x, mu, logvar, objective="H", beta=4.0, gamma=1000.0, 
         }
         total = recon + parts["mi"] + beta * parts["tc"] + parts["dw_kl"]
     else:
-        raise ValueError(f"unknown objective {objective!r}; choose from 'H', 'B', 'TC'")
+        raise ValueError(f"unknown objective {objective!r}; choose from 'H', 'B', 'TC', 'F'")
     return {"loss": total, "recon": recon, "kl": kl, "kl_per_dim": kl_dims, **parts}
 
 

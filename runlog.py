@@ -12,7 +12,9 @@ from contextlib import contextmanager
 
 from cli import UserError
 
-TC_PARTS = ("mi", "tc", "dw_kl")  # β-TCVAE's decomposition of the KL (loss.py), logged too
+# Logged beside the loss: β-TCVAE's decomposition of the KL (loss.py); FactorVAE's TC estimate
+# and its discriminator's loss and accuracy (discriminator.py).
+EXTRA_PARTS = {"TC": ("mi", "tc", "dw_kl"), "F": ("tc", "disc_loss", "disc_acc")}
 
 
 # ---------------------------------------------------------------- lock and signals
@@ -81,9 +83,9 @@ class StopFlag:
 # ---------------------------------------------------------------- CSV logs
 
 def loss_columns(latent_dim, objective):
-    """losses.csv's header: the loss parts (β-TCVAE's three besides), then each latent's KL."""
-    return (["step", "epoch", "loss", "recon", "kl", "c"] +
-            (list(TC_PARTS) if objective == "TC" else []) +
+    """losses.csv's header: the loss parts (the objective's EXTRA_PARTS besides), then each
+    latent's KL."""
+    return (["step", "epoch", "loss", "recon", "kl", "c"] + list(EXTRA_PARTS.get(objective, ())) +
             [f"kl_z{k}" for k in range(latent_dim)])
 
 

@@ -95,9 +95,10 @@ def fast_model(model, device):
     return model.to(device, memory_format=torch.channels_last)
 
 
-def adam(model, lr, device):
+def adam(model, lr, device, betas=(0.9, 0.999)):
     """Adam, fused into one kernel on CPU and CUDA (the foreach version elsewhere)."""
-    return torch.optim.Adam(model.parameters(), lr=lr, fused=device.type in ("cpu", "cuda"))
+    return torch.optim.Adam(model.parameters(), lr=lr, betas=betas,
+                            fused=device.type in ("cpu", "cuda"))
 
 
 if __name__ == "__main__":

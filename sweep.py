@@ -115,7 +115,7 @@ def to_argv(config):
 def trial_name(config):
     """train.py's default run name, and every other flag that makes the trial what it is."""
     parser = train.build_parser()
-    args, defaults = parser.parse_args(to_argv(config)), parser.parse_args([])
+    args, defaults = train.fill_defaults(parser.parse_args(to_argv(config))), parser.parse_args([])
     extra = [f"_{k}{v:g}" if isinstance(v, float) else f"_{k}{v}"
              for k, v in vars(args).items()
              if k not in NOT_IN_NAME and v != getattr(defaults, k) and

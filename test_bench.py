@@ -68,6 +68,13 @@ def test_bench_prints_rates_ratio_flops_and_memory(tmp_path):
     low = (medians["project"] - 0.5) / (medians["baseline"] + 0.5)
     high = (medians["project"] + 0.5) / max(medians["baseline"] - 0.5, 1e-9)
     assert low - 0.005 <= ratio <= high + 0.005, (ratio, medians)
+    m = re.search(r"^objective F \(FactorVAE, .*\): median ([\d,]+) img/s, min ([\d,]+), max "
+                  r"([\d,]+); ([\d.]+)x the project's H loop$", out, re.M)
+    assert m, out
+    f_median, f_min, f_max, f_ratio = (number(g) for g in m.groups())
+    assert 0 < f_min <= f_median <= f_max
+    assert f_ratio == pytest.approx(f_median / medians["project"],
+                                    abs=0.005 + f_ratio * 0.5 / min(f_median, medians["project"]))
     m = re.search(r"^peak resident memory: project ([\d,]+) MiB, baseline ([\d,]+) MiB$",
                   out, re.M)
     assert m, out

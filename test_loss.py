@@ -36,7 +36,12 @@ def test_objectives_combine_the_parts():
     torch.testing.assert_close(h["loss"], h["recon"] + 4.0 * h["kl"])
     b = beta_vae_loss(logits, x, mu, logvar, "B", gamma=1000.0, c=5.0)
     torch.testing.assert_close(b["loss"], b["recon"] + 1000.0 * (b["kl"] - 5.0).abs())
-    with pytest.raises(ValueError, match="choose from 'H', 'B', 'TC'"):
+    f = beta_vae_loss(logits, x, mu, logvar, "F", gamma=35.0, tc=torch.tensor(0.25))
+    torch.testing.assert_close(f["loss"], f["recon"] + f["kl"] + 35.0 * 0.25)
+    assert f["tc"] == 0.25
+    with pytest.raises(ValueError, match="objective 'F' needs tc"):
+        beta_vae_loss(logits, x, mu, logvar, "F")
+    with pytest.raises(ValueError, match="choose from 'H', 'B', 'TC', 'F'"):
         beta_vae_loss(logits, x, mu, logvar, "C")
 
 

@@ -11,6 +11,7 @@ import checkpoint
 import dataset
 import summary
 import traverse
+from model import BetaVAE
 from cli import UserError
 from dataset import FACTOR_NAMES
 
@@ -119,8 +120,9 @@ def test_rotation_strips_sweep_each_scored_trials_orientation_latent(tmp_path, r
     data = dataset.load()
     strips = summary.rotation_strips(folder, rows, data)
     assert list(strips) == ["beta4_H_z10_seed0"]
-    label, images = strips["beta4_H_z10_seed0"]
+    label, images, ticks = strips["beta4_H_z10_seed0"]
     assert label.endswith("z3, normalised MI with orientation 0.31, with shape 0.05")
+    assert ticks == ["-3", "-2.25", "-1.5", "-0.75", "0", "0.75", "1.5", "2.25", "3"]
     # Reference: decode each sample's posterior mean with z3 set to -3, -2.25, ..., 3 directly.
     model = checkpoint.rebuild_model(checkpoint.load(run40))
     xs = dataset.as_input(data.images(dataset.factors_to_index(torch.tensor(traverse.SAMPLES))))
@@ -149,3 +151,33 @@ def test_usage_errors_are_one_line(tmp_path):
         summary.main([str(tmp_path / "missing")])
     with pytest.raises(UserError, match="the following arguments are required: folder"):
         summary.main([])
+
+
+def test_a_circle_trials_row_and_strip_are_its_circles(tmp_path, run40):
+    """A trial with --circles: its row has the circle's KL, MIs and orientation MI within
+    shape, and its strip turns the circle through a full turn in 30° steps from -180°."""
+    trial = fake_trial(tmp_path / "sweep", run40, "beta4_H_z10_circles1_seed0", 0.3)
+    torch.manual_seed(0)
+    model = BetaVAE(circles=1)
+    ckpt = checkpoint.load(trial)
+    ckpt.update(model_args=model.config, model=model.state_dict())
+    ckpt["args"]["circles"] = 1
+    checkpoint.save(trial / "ckpt.pt", ckpt)
+    metrics = json.loads((trial / "metrics.json").read_text())
+    metrics["orientation_mi_within_shape"] = [0.42] + [0.05] * 9
+    (trial / "metrics.json").write_text(json.dumps(metrics))
+    row = summary.trial_row(trial)
+    assert (row["circles"], row["circle0_kl"], row["circle0_mi_orientation"],
+            row["circle0_mi_shape"], row["circle0_mi_orientation_within_shape"]) == (
+        1, 1.0, 0.0, 0.0, 0.42)
+    assert (row["mi_orientation_within_shape"], row["z_orientation_within_shape"]) == (0.42, 0)
+    data = dataset.load()
+    label, images, ticks = summary.rotation_strips(tmp_path / "sweep", [row], data)[trial.name]
+    assert "circle z0" in label and "orientation within shape 0.42" in label
+    assert ticks == [f"{d}°" for d in range(-180, 180, 30)] and images.shape == (4, 12, 64, 64)
+    xs = dataset.as_input(data.images(dataset.factors_to_index(torch.tensor(traverse.SAMPLES))))
+    with torch.no_grad():
+        mu, _ = model.eval().encode(xs[:1])
+        mu[0, 0] = torch.pi / 2  # the 90° column
+        expected = torch.sigmoid(model.decode(mu))[0, 0]
+    assert torch.allclose(torch.from_numpy(images[0, 9]), expected, atol=1e-5)

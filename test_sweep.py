@@ -51,6 +51,8 @@ def test_flags_with_several_values_cross_and_zip_pairs_them():
         "beta4_H_z10_seed0_inithe_lr0.0001"]  # in train.py's flag order
     assert names(["f", "--circles", "0", "1", "--objective", "H", "B", "--zip", "circles",
                   "objective"]) == ["beta4_H_z10_seed0", "B_gamma1000_c25_z10_circles1_seed0"]
+    assert names(["f", "--objective", "F", "B", "H"]) == [
+        "F_gamma35_z10_seed0", "B_gamma1000_c25_z10_seed0", "beta4_H_z10_seed0"]
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -64,7 +66,7 @@ def test_flags_with_several_values_cross_and_zip_pairs_them():
     (["--objective", "TC", "--batch-size", "1"], "--batch-size must be a finite number at least 2"),
     (["--seed", "1", "1"], "two trials of the grid are both beta4_H_z10_seed1"),
     (["--objective", "TC", "--circles", "1"], "trial beta4_TC_z10_circles1_seed0: --circles: "
-     "objective TC estimates log q(z) for Gaussian latents only"),
+     "objective TC estimates the total correlation of Gaussian latents only"),
     (["--cpus-per-trial", "0"], "--cpus-per-trial must be a finite number at least 1"),
     (["--bogus", "1"], "unrecognized arguments: --bogus 1"),
     (["--objective", "X"], "argument --objective: invalid choice: 'X'"),

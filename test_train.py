@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import checkpoint
+import dataset
 import train
 from checkpoint import CheckpointError
 from cli import UserError
@@ -294,8 +295,12 @@ def test_a_second_run_into_a_busy_folder_is_refused_and_a_stale_lock_taken_over(
     (["--circles", "-1"], "--circles must be a finite number at least 0 and at most 10, got -1"),
     (["--latent-dim", "3", "--circles", "4"],
      "--circles must be a finite number at least 0 and at most 3, got 4"),
-    (["--objective", "TC", "--circles", "1"], "--circles: objective TC estimates log q(z) for "
-     "Gaussian latents only; use --objective H or B"),
+    (["--objective", "TC", "--circles", "1"], "--circles: objective TC estimates the total "
+     "correlation of Gaussian latents only; use --objective H or B"),
+    (["--objective", "F", "--beta", "8"], "--beta 8 does nothing under --objective F"),
+    (["--objective", "F", "--c-max", "5"], "--c-max 5 does nothing under --objective F"),
+    (["--objective", "F", "--gamma", "0"], "--gamma must be a finite number above 0, got 0.0"),
+    (["--gamma", "5"], "--gamma 5 does nothing under --objective H"),
 ])
 def test_nonsense_numbers_end_in_one_line_before_any_work(tmp_path, flags, message):
     """Before any work: nothing printed, no run folder made (no data drawn, no lock taken)."""
@@ -304,16 +309,22 @@ def test_nonsense_numbers_end_in_one_line_before_any_work(tmp_path, flags, messa
     assert r.stdout == "" and not (tmp_path / "x").exists()
 
 
-def test_a_circle_run_trains_resumes_exactly_and_keeps_its_circles(tmp_path):
-    """--circles 1: named in the run, stored in model_args; 10 steps then a resume to 20 equal a
-    straight run of 20 (the Beta draws of the sampler come from the saved RNG state); a resume
-    keeps the circles and refuses another count."""
-    flags = ["--epochs", "1", "--circles", "1"] + FAST
+def straight_and_resumed(tmp_path, flags):
+    """A run of 20 steps with `flags`, and one of 10 resumed to 20: (their folders, their
+    checkpoints)."""
+    flags = ["--epochs", "1"] + flags + FAST
     straight, split = tmp_path / "straight", tmp_path / "split"
     train.main(flags + ["--max-steps", "20", "--out", str(straight)])
     train.main(flags + ["--max-steps", "10", "--out", str(split)])
     assert train.main(["--resume", str(split), "--max-steps", "20"]) == 0
-    a, b = checkpoint.load(straight), checkpoint.load(split)
+    return straight, split, checkpoint.load(straight), checkpoint.load(split)
+
+
+def test_a_circle_run_trains_resumes_exactly_and_keeps_its_circles(tmp_path):
+    """--circles 1: named in the run, stored in model_args; 10 steps then a resume to 20 equal a
+    straight run of 20 (the Beta draws of the sampler come from the saved RNG state); a resume
+    keeps the circles and refuses another count."""
+    straight, split, a, b = straight_and_resumed(tmp_path, ["--circles", "1"])
     assert a["model_args"] == {"latent_dim": 10, "channels": 1, "circles": 1}
     assert b["step"] == 20 and b["model_args"] == a["model_args"] and b["args"]["circles"] == 1
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
@@ -321,3 +332,53 @@ def test_a_circle_run_trains_resumes_exactly_and_keeps_its_circles(tmp_path):
     assert train.default_run_name(parse(["--circles", "1"])[0]) == "beta4_H_z10_circles1_seed0"
     with pytest.raises(UserError, match=r"--circles 2 conflicts with the run being resumed \(1\)"):
         train.main(["--resume", str(split), "--circles", "2"])
+
+
+def test_factorvae_trains_resumes_exactly_and_logs_its_discriminator(tmp_path, tiny_protocol):
+    """--objective F: γ 35 and the paper's learning rate by default; the discriminator and its
+    optimizer are in ckpt.pt, so 10 steps and a resume to 20 equal a straight run of 20, the
+    discriminator too; losses.csv has its TC estimate, loss and accuracy; the checkpoint
+    rebuilds, scores and traverses like any other."""
+    args = parse(["--objective", "F"])[0]
+    assert train.fill_defaults(args).gamma == 35.0 and train.default_lr(64, "F") == 1e-4
+    assert train.default_run_name(args) == "F_gamma35_z10_seed0"
+    straight, split, a, b = straight_and_resumed(tmp_path, ["--objective", "F"])
+    assert a["args"]["gamma"] == 35.0 and b["step"] == 20
+    for key in ("model", "discriminator"):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+    assert a["disc_optimizer"]["state"][0]["step"] == 20
+    log = rows(split)
+    assert log == rows(straight) and list(log[0])[6:9] == ["tc", "disc_loss", "disc_acc"]
+    assert all(0 <= float(r["disc_acc"]) <= 1 for r in log)
+    import evaluate
+    import traverse
+    model = checkpoint.rebuild_model(b)
+    assert 0 <= evaluate.evaluate_model(model, dataset.load(None), quick=True)["mig"] <= 1
+    traverse.main([str(split), "--out", str(tmp_path / "gif"), "--frames", "2"])
+    assert len(list((tmp_path / "gif").glob("*/*.gif"))) == 40
+
+
+def test_a_factorvae_step_keeps_the_two_gradients_apart(monkeypatch):
+    """After one step, the VAE's gradients are those of its own loss alone (the discriminator's
+    loss adds nothing to them), and the discriminator's its own loss's (train_step at lr 0,
+    once with the critic's step and once without)."""
+    import discriminator
+    from model import BetaVAE
+
+    torch.manual_seed(0)
+    model, disc = BetaVAE(), discriminator.Discriminator(10, hidden=64, layers=2)
+    opt, disc_opt = (torch.optim.SGD(m.parameters(), lr=0.0) for m in (model, disc))
+    imgs, imgs2 = (torch.randint(0, 2, (8, 64, 64), dtype=torch.uint8) for _ in range(2))
+    step = lambda critic: train.train_step(  # noqa: E731
+        model, opt, imgs, critic, imgs2, objective="F", gamma=35.0, dataset_size=737_280)
+    torch.manual_seed(1)
+    parts = step((disc, disc_opt))
+    with_critic = [p.grad.clone() for p in model.parameters()]
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in disc.parameters())
+    torch.manual_seed(1)
+    z = model.reparameterize(*model.encode(dataset.as_input(imgs)))  # the step's sample
+    monkeypatch.setattr(train, "critic_step", lambda *a: {})
+    torch.manual_seed(1)
+    step((disc, disc_opt))
+    assert all(torch.equal(g, p.grad) for g, p in zip(with_critic, model.parameters()))
+    torch.testing.assert_close(parts["tc"], discriminator.tc_estimate(disc, z).detach())

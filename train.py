@@ -3,6 +3,7 @@
     python train.py --beta 4 --epochs 30                  # Higgins et al.'s objective, β = 4
     python train.py --beta 4 --epochs 1 --max-steps 200   # a quick run: stops after 200 steps
     python train.py --objective TC --beta 6               # Chen et al.'s β-TCVAE
+    python train.py --objective F                         # Kim & Mnih's FactorVAE, γ = 35
     python train.py --objective B --gamma 1000 --c-max 25 --init he  # Burgess et al.'s capacity
     python train.py --beta 4 --circles 1                  # the first latent on a circle
     python train.py --resume runs/beta4_H_z10_seed0       # continue where a run stopped
@@ -23,6 +24,7 @@ import torch
 import checkpoint
 import cli
 import dataset
+import discriminator
 import evaluate
 import runlog
 import speed
@@ -32,7 +34,8 @@ from model import BetaVAE, init_weights
 # Flags a resumed run may change (a lower --lr rescues a diverged run); the others must match.
 RESUMABLE = {"resume", "epochs", "max_steps", "lr", "device", "ckpt_every", "log_every",
              "eval_every", "data", "download"}
-LR = 5e-4  # Adam's learning rate at batch 64, as in the papers
+LR = 5e-4  # Adam's learning rate at batch 64, as in the papers (FactorVAE's: 1e-4)
+GAMMA = {"B": 1000.0, "F": discriminator.GAMMA}  # --gamma's default per objective
 
 
 def build_parser():
@@ -43,10 +46,13 @@ def build_parser():
     p.add_argument("--circles", type=int, default=0,
                    help="how many of the latents lie on a circle (Power Spherical posterior, "
                         "uniform prior), the first ones; H and B only (default: 0)")
-    p.add_argument("--objective", default="H", choices=["H", "TC", "B"],
+    p.add_argument("--objective", default="H", choices=["H", "TC", "B", "F"],
                    help="H: recon + β·KL (Higgins 2017); TC: recon + MI + β·TC + dimension-wise "
-                        "KL (Chen 2018); B: recon + γ·|KL − C| (Burgess 2018) (default: H)")
-    p.add_argument("--gamma", type=float, default=1000.0, help="γ of objective B (default: 1000)")
+                        "KL (Chen 2018); B: recon + γ·|KL − C| (Burgess 2018); F: recon + KL + "
+                        "γ·TC, TC from a discriminator (Kim 2018) (default: H)")
+    p.add_argument("--gamma", type=float, default=None,
+                   help="B: γ, the weight of |KL − C|; F: γ, the weight of TC (default: B 1000, "
+                        "F 35)")
     p.add_argument("--c-max", type=float, default=25.0, help="B's final capacity C (default: 25)")
     p.add_argument("--c-steps", type=int, default=100_000,
                    help="B: C rises linearly from 0 over N steps (default: 100000)")
@@ -59,7 +65,8 @@ def build_parser():
     p.add_argument("--max-steps", type=int, help="stop at this step (default: no limit)")
     p.add_argument("--batch-size", type=int, default=64, help="images per step (default: 64)")
     p.add_argument("--lr", type=float, default=None,
-                   help="Adam's learning rate (default: 5e-4 × sqrt(batch / 64))")
+                   help="Adam's learning rate (default: 5e-4 × sqrt(batch / 64); F: 1e-4 × "
+                        "sqrt(batch / 64))")
     p.add_argument("--seed", type=int, default=0, help="seed for weights, order and noise (default: 0)")
     cli.add_device_argument(p)
     cli.add_data_arguments(p)
@@ -74,10 +81,18 @@ def build_parser():
     return p
 
 
-def default_lr(batch_size):
-    """LR at batch 64, scaled by sqrt(batch / 64): the square-root rule for Adam
-    (Malladi et al. 2022, "On the SDEs and scaling rules for adaptive gradient algorithms")."""
-    return LR * math.sqrt(batch_size / 64)
+def default_lr(batch_size, objective="H"):
+    """LR at batch 64 (FactorVAE's paper: 1e-4), scaled by sqrt(batch / 64): the square-root
+    rule for Adam (Malladi et al. 2022, "On the SDEs and scaling rules for adaptive gradient
+    algorithms")."""
+    return (discriminator.VAE_LR if objective == "F" else LR) * math.sqrt(batch_size / 64)
+
+
+def fill_defaults(args):
+    """The defaults that follow the objective: --gamma's (B, F); returns args."""
+    if args.gamma is None:
+        args.gamma = GAMMA.get(args.objective)
+    return args
 
 
 def default_run_name(args):
@@ -85,12 +100,15 @@ def default_run_name(args):
     if args.objective == "B":
         return (f"B_gamma{args.gamma:g}_c{args.c_max:g}_z{args.latent_dim}{circles}"
                 f"_seed{args.seed}")
+    if args.objective == "F":
+        return f"F_gamma{args.gamma:g}_z{args.latent_dim}_seed{args.seed}"
     return f"beta{args.beta:g}_{args.objective}_z{args.latent_dim}{circles}_seed{args.seed}"
 
 
-# The flags that each objective ignores (loss.py's H and TC take β; B takes γ and its capacity).
+# The flags that each objective ignores (loss.py's H and TC take β; B takes γ and its capacity;
+# F takes γ alone, with the KL at weight 1).
 UNUSED = {"H": ("gamma", "c_max", "c_steps"), "TC": ("gamma", "c_max", "c_steps"),
-          "B": ("beta", "warmup_steps")}
+          "B": ("beta", "warmup_steps"), "F": ("beta", "warmup_steps", "c_max", "c_steps")}
 
 
 def check_args(args):
@@ -108,9 +126,9 @@ def check_args(args):
             high=dataset.NUM_IMAGES)
     cli.require_seeds([args.seed])
     cli.require("circles", args.circles, 0, high=args.latent_dim)
-    if args.circles and args.objective == "TC":
-        raise cli.UserError("--circles: objective TC estimates log q(z) for Gaussian latents "
-                            "only; use --objective H or B")
+    if args.circles and args.objective in ("TC", "F"):
+        raise cli.UserError(f"--circles: objective {args.objective} estimates the total "
+                            "correlation of Gaussian latents only; use --objective H or B")
     # A flag that the objective does not use, given a value unlike its default, is a mistake.
     defaults = build_parser().parse_args([])
     for flag in UNUSED[args.objective]:
@@ -129,6 +147,8 @@ def resolve_args(args, parser, argv):
     # A flag newer than the run takes its default, the value the run trained with.
     stored = {**vars(parser.parse_args([])), **ckpt["args"],
               "out": str(checkpoint.run_dir(args.resume))}  # it may have moved
+    if stored["objective"] not in GAMMA:  # H and TC runs stored γ's old default, unused
+        stored["gamma"] = None
     # Parsed again into a namespace where every flag is already set to a marker: argparse fills
     # in no defaults there, so what is not the marker was given on the command line.
     unset = object()
@@ -144,9 +164,10 @@ def resolve_args(args, parser, argv):
     return argparse.Namespace(**stored), ckpt
 
 
-def train_step(model, opt, imgs, **loss_args):
+def train_step(model, opt, imgs, critic=None, imgs2=None, **loss_args):
     """One optimizer step on a uint8 batch; returns the loss parts and the spread of the batch's
-    codes (max |μ − μ of its first image|) as tensors (no host sync).
+    codes (max |μ − μ of its first image|) as tensors (no host sync). critic: FactorVAE's
+    (discriminator, its optimizer), which then takes a step too, on imgs2, a second batch.
     loss_args: beta_vae_loss's keywords (objective, beta, gamma, c, dataset_size, circles)."""
     x = dataset.as_input(imgs)  # B, 1, 64, 64
     bf16 = functools.partial(torch.autocast, x.device.type, torch.bfloat16,
@@ -160,24 +181,51 @@ def train_step(model, opt, imgs, **loss_args):
     z = model.reparameterize(mu, logvar)
     with bf16():
         logits = model.decode(z)
-    parts = beta_vae_loss(logits.float(), x, mu, logvar, z=z, **loss_args)
+    tc = discriminator.tc_estimate(critic[0], z) if critic else None  # into z, not into D
+    parts = beta_vae_loss(logits.float(), x, mu, logvar, z=z, tc=tc, **loss_args)
     opt.zero_grad(set_to_none=True)
     parts["loss"].backward()
     opt.step()
+    if critic:
+        parts.update(critic_step(model, critic, z.detach(), imgs2, bf16))
     mu = mu.detach()
     parts["spread"] = (mu - mu[:1]).abs().amax()  # 0: the encoder gives every image one code
     return {k: v.detach() for k, v in parts.items()}
 
 
+def critic_step(model, critic, z, imgs2, bf16):
+    """FactorVAE's discriminator step (Kim & Mnih 2018, Algorithm 2): the VAE batch's samples z
+    of q(z) against the second batch's samples, each latent permuted across the batch: samples
+    of ∏_j q(z_j). Returns its loss and accuracy."""
+    disc, disc_opt = critic
+    with torch.no_grad():
+        with bf16():
+            mu, logvar = model.encode(dataset.as_input(imgs2))
+        z2 = model.reparameterize(mu.float(), logvar.float())
+    loss, accuracy = discriminator.discriminator_loss(disc, z, discriminator.permute_dims(z2))
+    disc_opt.zero_grad(set_to_none=True)
+    loss.backward()
+    disc_opt.step()
+    return {"disc_loss": loss, "disc_acc": accuracy}
+
+
 def build(args, device, ckpt):
-    """The model and its optimizer, fresh or as `ckpt` left them; and the step to start at."""
+    """The model, its optimizer and FactorVAE's critic (discriminator, optimizer; None under
+    other objectives), fresh or as `ckpt` left them; and the step to start at."""
     model = BetaVAE(latent_dim=args.latent_dim, circles=args.circles)
     if args.init == "he":
         init_weights(model)
     model = speed.fast_model(model, device)  # on CPU, ConvTranspose2d runs speed.up_conv
     opt = speed.adam(model, args.lr, device)
-    step = 0 if ckpt is None else checkpoint.restore(ckpt, model, opt, args.lr, device)
-    return model, opt, step
+    critic = make_critic(args.latent_dim, device) if args.objective == "F" else None
+    step = 0 if ckpt is None else checkpoint.restore(ckpt, model, opt, args.lr, device, critic)
+    return model, opt, critic, step
+
+
+def make_critic(latent_dim, device):
+    """FactorVAE's discriminator and its Adam, at the paper's settings whatever the VAE's --lr."""
+    disc = discriminator.Discriminator(latent_dim).to(device)
+    return disc, speed.adam(disc, discriminator.DISC_LR, device, discriminator.DISC_BETAS)
 
 
 def diverged(out, what):
@@ -194,16 +242,14 @@ def train(args, ckpt, started):
     data = dataset.load(args.data, args.download, device)
     lock, stop = runlog.RunLock(out), runlog.StopFlag()
     try:
-        model, opt, step = build(args, device, ckpt)
-        columns = runlog.loss_columns(args.latent_dim, args.objective)
-        runlog.start_log(out / "losses.csv", columns, step)
-        per_epoch = len(data) // args.batch_size
+        model, opt, critic, step = build(args, device, ckpt)
+        log = Window(args, out, step)
+        per_epoch, size = len(data) // args.batch_size, args.batch_size
         total = min(args.epochs * per_epoch, args.max_steps or math.inf)
         print(("" if ckpt is None else f"resumed {out} at step {step}\n") +
               f"training on {device}: {total - step} steps to go ({step}/{total}), "
-              f"batch {args.batch_size}, {per_epoch} steps per epoch -> {out}")
-        t0, step0, sums, step_log = time.perf_counter(), step, None, step
-        t_log, size = t0, args.batch_size
+              f"batch {size}, {per_epoch} steps per epoch -> {out}")
+        step0 = step
         while step < total:
             epoch, pos = divmod(step, per_epoch)
             if pos == 0 or step == step0:  # on the device: slicing there costs no copy per step
@@ -211,10 +257,12 @@ def train(args, ckpt, started):
             beta = linear_ramp(step, args.beta, args.warmup_steps)
             c = linear_ramp(step, args.c_max, args.c_steps) if args.objective == "B" else 0.0
             imgs = data.images(order[pos * size:(pos + 1) * size])
-            parts = train_step(model, opt, imgs, objective=args.objective, beta=beta,
-                               gamma=args.gamma, c=c, dataset_size=len(data),
-                               circles=args.circles)
-            sums = parts if sums is None else {k: sums[k] + v for k, v in parts.items()}
+            # FactorVAE's second batch: the one half an epoch on, other images of the same order
+            far = (pos + per_epoch // 2) % per_epoch
+            imgs2 = data.images(order[far * size:(far + 1) * size]) if critic else None
+            log.add(train_step(model, opt, imgs, critic, imgs2, objective=args.objective,
+                               beta=beta, gamma=args.gamma, c=c, dataset_size=len(data),
+                               circles=args.circles))
             step += 1
             if step == step0 + 1:
                 if device.type == "cuda":
@@ -224,23 +272,12 @@ def train(args, ckpt, started):
             stopping = stop.signum  # read once: a signal arriving later is seen at the next step
             save_now = step % args.ckpt_every == 0 or epoch_end or stopping
             if step % args.log_every == 0 or save_now:  # before a checkpoint: seen to be finite
-                means = {k: v / (step - step_log) for k, v in sums.items()}
-                if not all(torch.isfinite(v).all() for v in means.values()):
-                    raise diverged(out, f"loss is {means['loss'].item()} near step {step}")
-                if size > 1 and means["spread"] == 0:  # a dead ReLU layer: it never revives
-                    raise cli.UserError(f"the encoder died near step {step}: it gives every "
-                                        "image the same code, so no gradient reaches it again; "
-                                        "stopped (--init he avoids this with --objective B)")
-                runlog.log_losses(out / "losses.csv", columns, step, step / per_epoch, means, c)
-                now = time.perf_counter()
-                runlog.show(runlog.progress_line(
-                    step, total, epoch, args.epochs, means, (step - step_log) * size / (now - t_log),
-                    now - t0, (total - step) * (now - t0) / (step - step0)))
-                sums, t_log, step_log = None, now, step
+                log.write(step, total, per_epoch, c)
             if save_now:
                 if not all(torch.isfinite(p).all() for p in model.parameters()):
                     raise diverged(out, f"weights became non-finite near step {step}")
-                checkpoint.save(out / "ckpt.pt", checkpoint.state(model, opt, step, args, device))
+                checkpoint.save(out / "ckpt.pt",
+                                checkpoint.state(model, opt, step, args, device, critic))
             if epoch_end:
                 end_epoch(args, out, model, data, step, total, epoch, per_epoch)
             if stopping:
@@ -252,6 +289,38 @@ def train(args, ckpt, started):
     finally:
         stop.restore()
         lock.release()
+
+
+class Window:
+    """The loss parts summed since the last log line: checked, written to losses.csv and shown
+    in the progress line every --log-every steps."""
+
+    def __init__(self, args, out, step):
+        self.args, self.path = args, out / "losses.csv"
+        self.columns = runlog.loss_columns(args.latent_dim, args.objective)
+        runlog.start_log(self.path, self.columns, step)  # resumed: the rows up to its step
+        self.sums, self.step0, self.step, self.t0 = None, step, step, time.perf_counter()
+        self.t = self.t0
+
+    def add(self, parts):
+        self.sums = parts if self.sums is None else {k: self.sums[k] + v for k, v in parts.items()}
+
+    def write(self, step, total, per_epoch, c):
+        """The means since the last line; a NaN or a dead encoder stops training here."""
+        means = {k: v / (step - self.step) for k, v in self.sums.items()}
+        if not all(torch.isfinite(v).all() for v in means.values()):
+            raise diverged(self.path.parent, f"loss is {means['loss'].item()} near step {step}")
+        size = self.args.batch_size
+        if size > 1 and means["spread"] == 0:  # a dead ReLU layer: it never revives
+            raise cli.UserError(f"the encoder died near step {step}: it gives every image the "
+                                "same code, so no gradient reaches it again; stopped (--init he "
+                                "avoids this with --objective B)")
+        runlog.log_losses(self.path, self.columns, step, step / per_epoch, means, c)
+        now = time.perf_counter()
+        runlog.show(runlog.progress_line(
+            step, total, (step - 1) // per_epoch, self.args.epochs, means, (step - self.step) * size / (now - self.t), now - self.t0,
+            (total - step) * (now - self.t0) / (step - self.step0)))
+        self.sums, self.t, self.step = None, now, step
 
 
 def end_epoch(args, out, model, data, step, total, epoch, per_epoch):
@@ -267,7 +336,7 @@ def end_epoch(args, out, model, data, step, total, epoch, per_epoch):
 def main(argv=None):
     started = time.perf_counter()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = fill_defaults(parser.parse_args(argv))
     ckpt = None
     if args.resume:
         args, ckpt = resolve_args(args, parser, argv)
@@ -286,7 +355,7 @@ def main(argv=None):
                 raise cli.UserError(f"{flag} {value} ends at step {total:,}, before the "
                                     f"checkpoint's step {ckpt['step']:,}")
     if args.lr is None:
-        args.lr = default_lr(args.batch_size)
+        args.lr = default_lr(args.batch_size, args.objective)
     speed.process_settings()  # before the first multi-threaded op: the checks above run none
     return train(args, ckpt, started)
 
