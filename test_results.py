@@ -75,8 +75,11 @@ def test_shipped_recipe_runs_resume_under_the_current_code(tmp_path):
     after = checkpoint.load(run)
     assert after["step"] == before["step"] + 1
     given = ("epochs", "max_steps", "resume", "out")  # out: where the folder is now
-    assert {k: v for k, v in after["args"].items() if k not in given} == {
+    assert {k: v for k, v in after["args"].items() if k not in given and k in before["args"]} == {
         k: v for k, v in before["args"].items() if k not in given}
+    defaults = vars(train.build_parser().parse_args([]))  # flags newer than the run: defaults
+    assert {k: v for k, v in after["args"].items() if k not in before["args"]} == {
+        k: defaults[k] for k in after["args"] if k not in before["args"]} == {"circles": 0}
 
 
 def study_table():

@@ -129,9 +129,10 @@ def check_args(args):
     if args.circles and args.objective in ("TC", "F"):
         raise cli.UserError(f"--circles: objective {args.objective} estimates the total "
                             "correlation of Gaussian latents only; use --objective H or B")
-    # A flag that the objective does not use, given a value unlike its default, is a mistake.
+    # A flag that the objective does not use, given a value unlike its default, is a mistake
+    # (checked when a run starts: a resumed one keeps its flags, H's and TC's γ 1000 of old).
     defaults = build_parser().parse_args([])
-    for flag in UNUSED[args.objective]:
+    for flag in UNUSED[args.objective] if not args.resume else ():
         if getattr(args, flag) != getattr(defaults, flag):
             raise cli.UserError(f"--{flag.replace('_', '-')} {getattr(args, flag):g} does nothing "
                                 f"under --objective {args.objective}")
@@ -147,8 +148,6 @@ def resolve_args(args, parser, argv):
     # A flag newer than the run takes its default, the value the run trained with.
     stored = {**vars(parser.parse_args([])), **ckpt["args"],
               "out": str(checkpoint.run_dir(args.resume))}  # it may have moved
-    if stored["objective"] not in GAMMA:  # H and TC runs stored γ's old default, unused
-        stored["gamma"] = None
     # Parsed again into a namespace where every flag is already set to a marker: argparse fills
     # in no defaults there, so what is not the marker was given on the command line.
     unset = object()
