@@ -12,6 +12,9 @@ import train
 HERE = Path(__file__).resolve().parent
 FAST = ["--batch-size", "16", "--log-every", "5", "--ckpt-every", "10", "--lr", "2e-3"]
 HANG = 1800  # seconds: a guard against a hung subprocess, never a check of speed
+# evaluate.py's sample counts shrunk to a few hundred images (tiny_protocol, test_smoke.py).
+TINY = dict(n_beta_train=40, n_beta_eval=20, n_fvae_train=40, n_fvae_eval=20, n_variance=400,
+            n_mig=400, n_dci_train=200, n_dci_test=100, n_sap_train=200, n_sap_test=100, batch=16)
 
 
 def rows(run):
@@ -30,14 +33,11 @@ def tiny_protocol(monkeypatch):
     in seconds. Returns the counts."""
     import evaluate
 
-    tiny = dict(n_beta_train=40, n_beta_eval=20, n_fvae_train=40, n_fvae_eval=20, n_variance=400,
-                n_mig=400, n_dci_train=200, n_dci_test=100, n_sap_train=200, n_sap_test=100,
-                batch=16)
-    for key, value in tiny.items():
+    for key, value in TINY.items():
         monkeypatch.setitem(evaluate.PROTOCOL, key, value)
         if key in evaluate.QUICK:
             monkeypatch.setitem(evaluate.QUICK, key, value)
-    return tiny
+    return dict(TINY)
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,19 @@ SMALL = dict(n_beta_train=1000, n_beta_eval=500, n_fvae_train=1000, n_fvae_eval=
 
 
 def scores(codes, seed=0):
+    """evaluate.score on a SMALL plan: all five scores."""
     return evaluate.score(codes, evaluate.plan(np.random.default_rng(seed), **SMALL))
+
+
+def light_scores(codes, seed=0):
+    """The β-VAE and FactorVAE scores and MIG on a SMALL plan, as evaluate.score computes them,
+    for tests that check nothing else: DCI's boosted trees cost seconds a call (test_scores.py
+    tests DCI and SAP; test_ground_truth_scores_high, all five through evaluate.score)."""
+    p = evaluate.plan(np.random.default_rng(seed), **SMALL)
+    return {"beta_vae": evaluate.beta_vae_score(codes, p["beta_train"], p["beta_eval"]),
+            "factor_vae": evaluate.factor_vae_score(codes, p["variance"], p["fvae_train"],
+                                                    p["fvae_eval"]),
+            **evaluate.mig(codes, p["mig"])}
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +90,7 @@ def test_uninformative_latents_score_low(kind):
     shape = (NUM_IMAGES, 10)
     codes = (np.zeros(shape, np.float32) if kind == "zeros" else
              np.random.default_rng(2).standard_normal(shape).astype(np.float32))
-    r = scores(codes)
+    r = light_scores(codes)
     assert r["mig"] <= 0.05
     assert r["factor_vae"]["eval_accuracy"] <= 0.35  # chance: 0.2
     assert r["beta_vae"]["eval_accuracy"] <= 0.35
@@ -88,8 +100,8 @@ def test_uninformative_latents_score_low(kind):
 
 
 def test_duplicated_factor_lowers_mig(identity):
-    base = scores(identity)
-    dup = scores(np.column_stack([identity, identity[:, 3]]))  # posX twice
+    base = light_scores(identity)
+    dup = light_scores(np.column_stack([identity, identity[:, 3]]))  # posX twice
     assert dup["mig_per_factor"]["posX"] < 0.01
     assert dup["mig"] < base["mig"] - 0.1
 
@@ -118,7 +130,7 @@ def test_factor_vae_votes_on_normalised_variance(identity):
 
 def test_permuting_latents_leaves_scores_unchanged(mixed):
     perm = np.random.default_rng(3).permutation(mixed.shape[1])
-    a, b = scores(mixed), scores(mixed[:, perm])
+    a, b = light_scores(mixed), light_scores(mixed[:, perm])
     assert 0.3 < a["mig"] < 0.8  # a representation where the test means something
     for key in ("beta_vae", "factor_vae", "mig_per_factor", "entropy"):
         assert b[key] == pytest.approx(a[key], abs=1e-9), key
@@ -126,8 +138,8 @@ def test_permuting_latents_leaves_scores_unchanged(mixed):
 
 
 def test_same_seed_same_numbers(mixed):
-    assert scores(mixed, seed=5) == scores(mixed, seed=5)
-    assert scores(mixed, seed=5)["mi"] != scores(mixed, seed=6)["mi"]
+    assert light_scores(mixed, seed=5) == light_scores(mixed, seed=5)
+    assert light_scores(mixed, seed=5)["mi"] != light_scores(mixed, seed=6)["mi"]
 
 
 def test_evaluate_model_is_reproducible_and_restores_mode(tiny_protocol):

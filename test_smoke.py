@@ -1,5 +1,5 @@
 """The path a newcomer takes, end to end on rendered data, each script run as a user runs it:
-train, resume, traverse, evaluate, and the checkpoint printed. About a minute on 2 cores; run it
+train, resume, traverse, evaluate (on a tiny protocol), and the checkpoint printed. About a minute on 2 cores; run it
 first, then the full suite.
 
     python -m pytest -q test_smoke.py
@@ -10,6 +10,13 @@ import json
 import imageio.v3 as iio
 
 from conftest import run_script
+
+
+# evaluate.py's main, run as `python evaluate.py ARGS` runs it but on a tiny protocol (a few
+# hundred images per score, conftest's tiny_protocol): its --quick takes half a minute.
+TINY_EVALUATE = ("import sys, cli, conftest, evaluate; "
+                 "[d.update(conftest.TINY) for d in (evaluate.PROTOCOL, evaluate.QUICK)]; "
+                 "cli.run_script(lambda: evaluate.main(sys.argv[1:]))")
 
 
 def ok(*args):
@@ -43,9 +50,10 @@ def test_train_resume_traverse_evaluate_and_print_the_checkpoint(tmp_path):
     table = (gif / "traversals.md").read_text().splitlines()
     assert len(table) == 2 + 4 and table[0].startswith("| sample | z0: ")
 
-    out = ok("evaluate.py", run, "--quick")
+    out = ok("-c", TINY_EVALUATE, run, "--quick")
     metrics = json.loads((run / "metrics_quick.json").read_text())
     assert metrics["step"] == 60 and metrics["quick"] and metrics["representation"] == "mean"
+    assert metrics["counts"]["n_mig"] == 400  # the tiny protocol
     for score in (metrics["beta_vae"]["eval_accuracy"], metrics["factor_vae"]["eval_accuracy"],
                   metrics["mig"], metrics["dci"]["disentanglement"], metrics["sap"]["sap"]):
         assert 0 <= score <= 1

@@ -3,6 +3,7 @@ signals, failures, the lock and bad grids."""
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -71,10 +72,19 @@ def test_flags_with_several_values_cross_and_zip_pairs_them():
     (["--bogus", "1"], "unrecognized arguments: --bogus 1"),
     (["--objective", "X"], "argument --objective: invalid choice: 'X'"),
 ])
-def test_a_bad_grid_ends_in_one_line_before_ray_starts(tmp_path, argv, message):
-    r = run_script("sweep.py", str(tmp_path / "s"), *argv)
-    assert r.returncode == 1 and r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
-    assert r.stdout == "" and not (tmp_path / "s").exists()  # no lock, no Ray, no trial
+def test_a_bad_grid_is_refused_before_ray_starts(tmp_path, capsys, argv, message):
+    """In this process: no lock, no Ray, no trial, nothing printed (test_cli runs sweep.py to
+    check that such an error is one line; so does the test below)."""
+    with pytest.raises(UserError, match=re.escape(message)):
+        sweep.main([str(tmp_path / "s"), *argv])
+    assert capsys.readouterr().out == "" and not (tmp_path / "s").exists()
+
+
+def test_a_bad_grid_ends_the_process_in_one_line(tmp_path):
+    r = run_script("sweep.py", str(tmp_path / "s"), "--seed", "1", "1")
+    assert r.returncode == 1 and r.stderr == ("sweep.py: error: two trials of the grid are "
+                                              "both beta4_H_z10_seed1\n"), r.stderr
+    assert r.stdout == "" and not (tmp_path / "s").exists()
 
 
 def test_a_demo_sweep_trains_every_trial_and_a_rerun_touches_none(ray_address, tmp_path, capsys):
@@ -103,7 +113,8 @@ def test_a_demo_sweep_trains_every_trial_and_a_rerun_touches_none(ray_address, t
 
 def test_a_trial_is_scored_and_its_summary_row_is_its_metrics_file(ray_address, tmp_path):
     folder = tmp_path / "scored"
-    assert sweep.main([str(folder), "--max-steps", "10"] + SHORT[:-2] + ["--eval", "quick"]) == 0
+    assert sweep.main([str(folder), "--max-steps", "10", "--cpus-per-trial", "2"] + SHORT[:-2] +
+                      ["--eval", "quick"]) == 0
     trial = folder / "beta4_H_z10_seed0_batch_size8"
     metrics = json.loads((trial / "metrics_quick.json").read_text())
     with open(folder / "summary.csv", newline="") as f:
@@ -193,7 +204,7 @@ def test_sigterm_stops_every_trial_with_a_checkpoint_and_leaves_no_process(ray_a
 def test_a_killed_sweep_leaves_no_trial_training_and_the_same_command_finishes_it(ray_address,
                                                                                   tmp_path):
     folder = tmp_path / "killed"
-    argv = ["--seed", "0", "1", "--max-steps", "10", "3000", "--zip", "seed", "max_steps"]
+    argv = ["--seed", "0", "1", "--max-steps", "10", "600", "--zip", "seed", "max_steps"]
     proc = start_sweep(folder, ray_address, *argv)
     short, long = (folder / f"beta4_H_z10_seed{s}_batch_size8" for s in (0, 1))
     wait_until(lambda: (short / "status.json").exists())
@@ -203,12 +214,13 @@ def test_a_killed_sweep_leaves_no_trial_training_and_the_same_command_finishes_i
     proc.wait(timeout=HANG)
     wait_until(lambda: trial_processes(folder) == [])  # Ray ends the job's workers, they theirs
     last = rows(long)[-1]["step"]
+    assert int(last) < 600  # killed mid-training
     time.sleep(2)
     assert rows(long)[-1]["step"] == last  # nothing trains on unowned
     assert sweep.main([str(folder), *argv, *SHORT]) == 0  # the same command, in this process
     assert (short / "ckpt.pt").read_bytes() == finished
-    assert int(rows(long)[-1]["step"]) == 3000
-    assert checkpoint.load(long)["step"] == 3000
+    assert int(rows(long)[-1]["step"]) == 600
+    assert checkpoint.load(long)["step"] == 600
 
 
 def test_a_second_sweep_into_the_same_folder_is_refused(tmp_path):

@@ -186,6 +186,7 @@ def test_resume_applies_flags_given_with_their_default_value(tmp_path, monkeypat
     """--epochs 30, --eval-every 0 and --beta 4 are the parser's defaults: given on the command
     line they still count (resumable flags replace what the stored run had, others conflict)."""
     monkeypatch.setattr(train.runlog, "log_scores", lambda *a: None)  # not what is tested
+    monkeypatch.setattr(train.evaluate, "evaluate_model", lambda *a, **k: None)
     out = tmp_path / "r"
     train.main(["--epochs", "2", "--max-steps", "2", "--eval-every", "1", "--beta", "2",
                 "--out", str(out)] + FAST)
@@ -302,10 +303,19 @@ def test_a_second_run_into_a_busy_folder_is_refused_and_a_stale_lock_taken_over(
     (["--objective", "F", "--gamma", "0"], "--gamma must be a finite number above 0, got 0.0"),
     (["--gamma", "5"], "--gamma 5 does nothing under --objective H"),
 ])
-def test_nonsense_numbers_end_in_one_line_before_any_work(tmp_path, flags, message):
-    """Before any work: nothing printed, no run folder made (no data drawn, no lock taken)."""
-    r = run_script("train.py", "--out", str(tmp_path / "x"), *flags)
-    assert r.returncode == 1 and r.stderr == f"train.py: error: {message}\n", r.stderr
+def test_nonsense_numbers_are_refused_before_any_work(tmp_path, capsys, flags, message):
+    """Before any work: nothing printed, no run folder made (no data drawn, no lock taken).
+    In this process: test_cli runs each script to check that such an error is one line."""
+    with pytest.raises(UserError) as e:
+        train.main(["--out", str(tmp_path / "x"), *flags])
+    assert str(e.value) == message
+    assert capsys.readouterr().out == "" and not (tmp_path / "x").exists()
+
+
+def test_a_nonsense_number_ends_the_process_in_one_line(tmp_path):
+    r = run_script("train.py", "--out", str(tmp_path / "x"), "--circles", "11")
+    assert r.returncode == 1 and r.stderr == ("train.py: error: --circles must be a finite "
+                                              "number at least 0 and at most 10, got 11\n")
     assert r.stdout == "" and not (tmp_path / "x").exists()
 
 
