@@ -105,7 +105,8 @@ def project_loop(data, batch_size, device, lr, ckpt=None):
 
 def factor_loop(data, batch_size, device, lr):
     """The project's step under objective F, from fresh weights: the VAE's step and the
-    discriminator's, on a second batch (train.py's)."""
+    discriminator's, on a second batch (the stream's next; train.py's is half an epoch on, the
+    same work)."""
     model, opt = fast_model_and_adam(device, lr)
     critic = make_critic(model.latent_dim, device)
     stream = batch_stream(data, batch_size, device)
@@ -177,9 +178,9 @@ def peak_memory(device):
 
 
 def bench(batch_size, device, seconds, windows, data, lr=LR, ckpt=None):
-    """Alternating timing windows of both loops, both from `ckpt`'s state if given, and of the
-    project's loop under objective F (fresh weights): (rates per loop, the baseline's peak
-    MiB)."""
+    """Alternating timing windows of both loops, both from `ckpt`'s state if given, then those
+    of the project's loop under objective F (fresh weights): (rates per loop, the peak MiB of
+    the project's loop and of the baseline's)."""
     project = project_loop(data, batch_size, device, lr, ckpt)
     factor = factor_loop(data, batch_size, device, lr)
     # The baseline's uint8 images, held in memory as the tutorials do (a 16,384-image subset).
@@ -197,16 +198,16 @@ def bench(batch_size, device, seconds, windows, data, lr=LR, ckpt=None):
 
     time_window(project, min(seconds, 3.0), batch_size, device)  # warm-up: kernels chosen,
     baseline_window(min(seconds, 3.0))  # caches filled
-    time_window(factor, min(seconds, 3.0), batch_size, device)
     rates = {"project": [], "baseline": [], "F": []}
     for _ in range(windows):
         rates["project"].append(time_window(project, seconds, batch_size, device))
         rates["baseline"].append(baseline_window(seconds))
-        rates["F"].append(time_window(factor, seconds, batch_size, device))
     conn.send(None)
-    baseline_peak = conn.recv()
+    peaks = peak_memory(device), conn.recv()  # before F's loop adds its own memory
     child.join()
-    return rates, baseline_peak
+    time_window(factor, min(seconds, 3.0), batch_size, device)  # warm-up
+    rates["F"] = [time_window(factor, seconds, batch_size, device) for _ in range(windows)]
+    return rates, peaks
 
 
 def plain_step(model, opt, imgs):
@@ -334,8 +335,8 @@ def main(argv=None):
                          f"both loops" if ckpt else "fresh BetaVAE(), as at step 0"))
     print(f"{'batch':>6} {'loop':>9} {'median img/s':>13} {'min':>8} {'max':>8} "
           f"{'GFLOP/s':>8} {'of bound':>9}")
-    rates, baseline_peak = bench(args.batch_size, device, args.seconds, args.windows, data,
-                                 ckpt=ckpt)
+    rates, (project_peak, baseline_peak) = bench(args.batch_size, device, args.seconds,
+                                                 args.windows, data, ckpt=ckpt)
     f_rates = rates.pop("F")
     med = {k: statistics.median(v) for k, v in rates.items()}
     for k, v in rates.items():
@@ -348,7 +349,7 @@ def main(argv=None):
           f"besides): median {f_med:,.0f} img/s, min {min(f_rates):,.0f}, max {max(f_rates):,.0f}; "
           f"{f_med / med['project']:.2f}x the project's H loop")
     what = "GPU memory allocated" if device.type == "cuda" else "resident memory"
-    print(f"peak {what}: project {peak_memory(device):,.0f} MiB, baseline {baseline_peak:,.0f} MiB")
+    print(f"peak {what}: project {project_peak:,.0f} MiB, baseline {baseline_peak:,.0f} MiB")
 
 
 if __name__ == "__main__":

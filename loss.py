@@ -57,9 +57,9 @@ def power_spherical_kl(log_kappa):
     7-8). With d = 2 the uniform density is 1/(2π), and KL = E[log q] + log 2π reduces to
         ½ log π − log Γ(κ + ½) + log Γ(κ + 1) + κ (ψ(κ + ½) − ψ(κ + 1)),
     0 at κ = 0 and ½ log κ + ½ log π − ½ + O(1/κ) for large κ. In float64: the terms cancel to
-    a few nats from values that grow like κ log κ.
+    a few nats from values that grow like κ log κ (float32 on Apple's MPS, which has no float64).
     """
-    k = log_kappa.double().exp()
+    k = log_kappa.to(torch.float32 if log_kappa.device.type == "mps" else torch.float64).exp()
     kl = (0.5 * math.log(math.pi) - torch.lgamma(k + 0.5) + torch.lgamma(k + 1)
           + k * (torch.digamma(k + 0.5) - torch.digamma(k + 1)))
     return kl.to(log_kappa.dtype)

@@ -42,7 +42,8 @@ class BetaVAE(nn.Module):
     def __init__(self, latent_dim=10, channels=1, circles=0):
         super().__init__()
         if not 0 <= circles <= latent_dim:
-            raise ValueError(f"circles must be between 0 and latent_dim ({latent_dim}), got {circles}")
+            raise ValueError(f"circles must be between 0 and latent_dim ({latent_dim}), "
+                             f"got {circles}")
         # Constructor arguments: checkpoints store them, so BetaVAE(**config) rebuilds the model.
         self.config = {"latent_dim": latent_dim, "channels": channels}
         if circles:  # circles=0 is the Gaussian model of the papers, config and all
@@ -60,8 +61,8 @@ class BetaVAE(nn.Module):
             nn.Flatten(),  # B, 512
             nn.Linear(512, 256), nn.ReLU(inplace=True),  # B, 256
             nn.Linear(256, 256), nn.ReLU(inplace=True),  # B, 256
-            # B, 2*gauss + 3*circles: mu and log sigma^2 per Gaussian latent; per circle, its
-            # direction (2) and log kappa (1)
+            # B, 3*circles + 2*gauss: per circle its direction (x, y) and log kappa, then the
+            # Gaussian latents' mu, then their log sigma^2
             nn.Linear(256, 2 * gauss + 3 * circles),
         )
         # Decoder: the mirror image, ending in logits for every pixel.
@@ -84,17 +85,20 @@ class BetaVAE(nn.Module):
             return h.chunk(2, dim=1)
         c = self.circles
         gauss_mu, gauss_logvar = h[:, 3 * c:].chunk(2, dim=1)  # B, latent - c each
-        circ = h[:, :3 * c].float().view(-1, c, 3)  # B, c, 3 (fp32: angles under autocast too)
+        circ = h[:, :3 * c].float().view(-1, c, 3)  # B, c, 3: x, y, log kappa
         theta = torch.atan2(circ[..., 1], circ[..., 0])  # B, c: the direction's angle
-        return (torch.cat([theta.to(h.dtype), gauss_mu], 1),
-                torch.cat([circ[..., 2].to(h.dtype), gauss_logvar], 1))
+        # fp32 throughout (bf16 under autocast would round an angle by up to 0.008 rad)
+        return (torch.cat([theta, gauss_mu.float()], 1),
+                torch.cat([circ[..., 2], gauss_logvar.float()], 1))
 
     def reparameterize(self, mu, logvar):
         """A posterior sample; mu in eval mode. Gaussian: z = μ + σ ε, ε ~ N(0, I) (Kingma &
         Welling 2014, eq. 10). Circle: φ = θ + δ with the Power Spherical sampler in 2-D (De Cao
         & Aziz 2020, algorithm 1): the cosine of the offset δ is w = 1 − 2s, s ~ Beta(½, κ + ½)
-        (s is 1 − t of the paper's t ~ Beta(κ + ½, ½): exact as κ grows, where t rounds to 1),
-        its sign ±1 at random; Beta's rsample carries the gradient to κ, φ's to θ."""
+        (s is 1 − z of the paper's z ~ Beta(κ + ½, ½), w = 2z − 1: exact as κ grows, where z
+        rounds to 1), its sign ±1 at random; Beta's rsample carries the gradient to κ, φ's to
+        θ. Beta's argument checks are off: a NaN κ is left to the caller's finite-loss check,
+        and they would cost a host sync per step on a GPU."""
         if not self.training:
             return mu
         c = self.circles
@@ -102,7 +106,8 @@ class BetaVAE(nn.Module):
         if not c:
             return z
         kappa = logvar[:, :c].exp()
-        s = torch.distributions.Beta(torch.full_like(kappa, 0.5), kappa + 0.5).rsample()
+        s = torch.distributions.Beta(torch.full_like(kappa, 0.5), kappa + 0.5,
+                                     validate_args=False).rsample()
         sign = torch.randint_like(s, 2) * 2 - 1
         delta = torch.atan2(sign * 2 * torch.sqrt(s * (1 - s)), 1 - 2 * s)  # sin δ, cos δ
         return torch.cat([torch.remainder(mu[:, :c] + delta + math.pi, 2 * math.pi) - math.pi,

@@ -80,7 +80,8 @@ def best_mi(metrics):
     within = metrics.get("orientation_mi_within_shape")  # absent in older metrics files
     if within:
         j = max(active, key=lambda i: within[i])
-        row["mi_orientation_within_shape"], row["z_orientation_within_shape"] = round(within[j], 4), j
+        row["mi_orientation_within_shape"] = round(within[j], 4)
+        row["z_orientation_within_shape"] = j
     return row
 
 

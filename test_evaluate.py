@@ -324,7 +324,8 @@ def test_orientation_mi_within_shape_known_answers():
     rng = np.random.default_rng(0)
     v = evaluate._factors(rng.integers(NUM_IMAGES, size=20_000))
     shape, orientation = v[:, 0], v[:, 2]
-    z = np.column_stack([orientation, shape, 40 * shape + orientation, rng.integers(20, size=len(v))])
+    noise = rng.integers(20, size=len(v))
+    z = np.column_stack([orientation, shape, 40 * shape + orientation, noise])
     within = evaluate.mi_within(z, v, "orientation", "shape")
     assert within[:3] == pytest.approx([1.0, 0.0, 1.0], abs=1e-9)
     assert 0 < within[3] < 0.02
@@ -332,7 +333,8 @@ def test_orientation_mi_within_shape_known_answers():
     from sklearn.metrics import mutual_info_score
     plain = mutual_info_score(orientation[hearts], z[hearts, 3]) / mutual_info_score(
         orientation[hearts], orientation[hearts])
-    assert evaluate.mi_within(z[hearts], v[hearts], "orientation", "shape")[3] == pytest.approx(plain)
+    within_hearts = evaluate.mi_within(z[hearts], v[hearts], "orientation", "shape")
+    assert within_hearts[3] == pytest.approx(plain)
 
 
 def test_a_circle_model_is_scored_on_its_mean_angle(tmp_path, capsys, tiny_protocol):

@@ -1,6 +1,6 @@
 """The path a newcomer takes, end to end on rendered data, each script run as a user runs it:
-train, resume, traverse, evaluate (on a tiny protocol), and the checkpoint printed. About a minute on 2 cores; run it
-first, then the full suite.
+train, resume, traverse, evaluate (on a tiny protocol) and the checkpoint printed. Under a
+minute on 2 cores; run it first, then the full suite.
 
     python -m pytest -q test_smoke.py
 """

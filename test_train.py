@@ -296,8 +296,10 @@ def test_a_second_run_into_a_busy_folder_is_refused_and_a_stale_lock_taken_over(
     (["--circles", "-1"], "--circles must be a finite number at least 0 and at most 10, got -1"),
     (["--latent-dim", "3", "--circles", "4"],
      "--circles must be a finite number at least 0 and at most 3, got 4"),
-    (["--objective", "TC", "--circles", "1"], "--circles: objective TC estimates the total "
-     "correlation of Gaussian latents only; use --objective H or B"),
+    (["--objective", "TC", "--circles", "1"], "--circles goes with --objective H or B; TC's "
+     "estimate of the total correlation has not been tried on circles"),
+    (["--objective", "F", "--circles", "1"], "--circles goes with --objective H or B; F's "
+     "estimate of the total correlation has not been tried on circles"),
     (["--objective", "F", "--beta", "8"], "--beta 8 does nothing under --objective F"),
     (["--objective", "F", "--c-max", "5"], "--c-max 5 does nothing under --objective F"),
     (["--objective", "F", "--gamma", "0"], "--gamma must be a finite number above 0, got 0.0"),

@@ -127,8 +127,8 @@ def check_args(args):
     cli.require_seeds([args.seed])
     cli.require("circles", args.circles, 0, high=args.latent_dim)
     if args.circles and args.objective in ("TC", "F"):
-        raise cli.UserError(f"--circles: objective {args.objective} estimates the total "
-                            "correlation of Gaussian latents only; use --objective H or B")
+        raise cli.UserError(f"--circles goes with --objective H or B; {args.objective}'s "
+                            "estimate of the total correlation has not been tried on circles")
     # A flag that the objective does not use, given a value unlike its default, is a mistake
     # (checked when a run starts: a resumed one keeps its flags, H's and TC's γ 1000 of old).
     defaults = build_parser().parse_args([])
@@ -316,8 +316,9 @@ class Window:
                                 "avoids this with --objective B)")
         runlog.log_losses(self.path, self.columns, step, step / per_epoch, means, c)
         now = time.perf_counter()
+        rate = (step - self.step) * size / (now - self.t)
         runlog.show(runlog.progress_line(
-            step, total, (step - 1) // per_epoch, self.args.epochs, means, (step - self.step) * size / (now - self.t), now - self.t0,
+            step, total, (step - 1) // per_epoch, self.args.epochs, means, rate, now - self.t0,
             (total - step) * (now - self.t0) / (step - self.step0)))
         self.sums, self.t, self.step = None, now, step
 
