@@ -27,6 +27,17 @@ def run_script(*args, **kw):
                           timeout=HANG, **kw)
 
 
+def save_model(folder, model, step=0):
+    """folder/ckpt.pt holding `model` as a checkpoint that evaluate.py and traverse.py read (no
+    optimizer state, no flags: it cannot be resumed); returns the folder."""
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({"model_args": model.config, "model": model.state_dict(), "optimizer": {},
+                "step": step, "args": {}}, folder / "ckpt.pt")
+    return folder
+
+
 @pytest.fixture
 def tiny_protocol(monkeypatch):
     """evaluate.py's protocols shrunk to a few hundred images, its quick one too: every step runs,

@@ -19,6 +19,7 @@ import train
 from model import BetaVAE
 from checkpoint import CheckpointError
 from cli import UserError
+from conftest import save_model
 from dataset import FACTOR_NAMES, FACTOR_SIZES, NUM_IMAGES
 
 # A tenth of the full protocol's β-VAE and FactorVAE points; MIG and the variance estimate
@@ -285,10 +286,7 @@ def encoder_run(folder, seed, perm=None, signs=None):
             last.bias.copy_(last.bias[order])
             last.weight[:10] *= torch.tensor(signs, dtype=torch.float32)[:, None]
             last.bias[:10] *= torch.tensor(signs, dtype=torch.float32)
-    folder.mkdir()
-    torch.save({"model_args": model.config, "model": model.state_dict(), "optimizer": {},
-                "step": 0, "args": {}}, folder / "ckpt.pt")
-    return str(folder)
+    return str(save_model(folder, model))
 
 
 def test_udr_of_a_permuted_twin_equals_that_of_a_copy_and_beats_another_seed(tmp_path, capsys):
@@ -343,10 +341,7 @@ def test_a_circle_model_is_scored_on_its_mean_angle(tmp_path, capsys, tiny_proto
     is refused in one line: a circle has no Gaussian noise."""
     torch.manual_seed(0)
     model = BetaVAE(circles=2)
-    folder = tmp_path / "circle"
-    folder.mkdir()
-    torch.save({"model_args": model.config, "model": model.state_dict(), "optimizer": {},
-                "step": 0, "args": {}}, folder / "ckpt.pt")
+    folder = save_model(tmp_path / "circle", model)
     data = dataset.load(None)
     index = np.arange(0, NUM_IMAGES, 7919)
     _, mu, logvar = evaluate.encode_eval(model, data, index)

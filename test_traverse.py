@@ -8,7 +8,7 @@ import torch
 
 import traverse
 from checkpoint import CheckpointError
-from conftest import run_script
+from conftest import run_script, save_model
 from model import BetaVAE
 
 
@@ -88,10 +88,7 @@ def test_a_circle_turns_once_round_and_its_gif_loops_without_a_jump(tmp_path, ca
     the step from the last frame back to the first is one more step; its header says circle."""
     torch.manual_seed(0)
     model = BetaVAE(circles=1)
-    run = tmp_path / "run"
-    run.mkdir()
-    torch.save({"model_args": model.config, "model": model.state_dict(), "optimizer": {},
-                "step": 7, "args": {}}, run / "ckpt.pt")
+    run = save_model(tmp_path / "run", model, step=7)
     mi = [[0.0, 0.0, 0.9, 0.0, 0.0]] + [[0.0] * 5] * 9
     (run / "metrics.json").write_text(json.dumps({"step": 7, "mi": mi, "kl_per_dim": [2.0] * 10}))
     values = traverse.sweep_values(model, 0, 3.0, 8)
