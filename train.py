@@ -171,13 +171,9 @@ def train_step(model, opt, imgs, critic=None, imgs2=None, **loss_args):
     x = dataset.as_input(imgs)  # B, 1, 64, 64
     bf16 = functools.partial(torch.autocast, x.device.type, torch.bfloat16,
                              enabled=x.device.type == "cuda")
-    # model(x), with the sample z that β-TCVAE's loss needs. z is drawn in fp32: in bf16 a z
-    # between 2 and 4 rounds by up to 0.008, a third of a well-placed latent's σ (~0.025), which
-    # would bias log q(z|x). The loss in fp32 too: BCE over 4096 pixels loses precision in bf16.
-    with bf16():
-        mu, logvar = model.encode(x)
-    mu, logvar = mu.float(), logvar.float()
-    z = model.reparameterize(mu, logvar)
+    # model(x), with the sample z that β-TCVAE's loss needs. The loss in fp32: BCE over 4096
+    # pixels loses precision in bf16.
+    mu, logvar, z = posterior(model, x, bf16)
     with bf16():
         logits = model.decode(z)
     tc = discriminator.tc_estimate(critic[0], z) if critic else None  # into z, not into D
@@ -192,15 +188,23 @@ def train_step(model, opt, imgs, critic=None, imgs2=None, **loss_args):
     return {k: v.detach() for k, v in parts.items()}
 
 
+def posterior(model, x, bf16):
+    """The encoder's mu and logvar of x, in fp32, and a sample z of the posterior, drawn in fp32:
+    in bf16 a z between 2 and 4 rounds by up to 0.008, a third of a well-placed latent's σ
+    (~0.025), which would bias log q(z|x). bf16: train_step's autocast context (CUDA only)."""
+    with bf16():
+        mu, logvar = model.encode(x)
+    mu, logvar = mu.float(), logvar.float()
+    return mu, logvar, model.reparameterize(mu, logvar)
+
+
 def critic_step(model, critic, z, imgs2, bf16):
     """FactorVAE's discriminator step (Kim & Mnih 2018, Algorithm 2): the VAE batch's samples z
     of q(z) against the second batch's samples, each latent permuted across the batch: samples
     of ∏_j q(z_j). Returns its loss and accuracy."""
     disc, disc_opt = critic
     with torch.no_grad():
-        with bf16():
-            mu, logvar = model.encode(dataset.as_input(imgs2))
-        z2 = model.reparameterize(mu.float(), logvar.float())
+        z2 = posterior(model, dataset.as_input(imgs2), bf16)[2]
     loss, accuracy = discriminator.discriminator_loss(disc, z, discriminator.permute_dims(z2))
     disc_opt.zero_grad(set_to_none=True)
     loss.backward()
