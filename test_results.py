@@ -82,10 +82,10 @@ def test_shipped_recipe_runs_resume_under_the_current_code(tmp_path):
         k: defaults[k] for k in after["args"] if k not in before["args"]} == {"circles": 0}
 
 
-def study_table():
-    """The README study table's rows, each a list of its cells."""
+def readme_table(heading):
+    """The rows of the table under README heading `heading`, each a list of its cells."""
     text = (ROOT / "README.md").read_text()
-    section = text.split("## Across objectives and seeds")[1].split("\n## ")[0]
+    section = text.split(f"## {heading}\n")[1].split("\n## ")[0]
     return [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines()
             if line.startswith("| ") and not line.startswith("| trial")]
 
@@ -98,7 +98,7 @@ def test_readme_study_table_is_the_study_summary():
     with open(ROOT / "results" / "study" / "summary.csv") as f:
         trials = {row["trial"]: row for row in csv.DictReader(f)}
     group, means = [], 0
-    for cells in study_table():
+    for cells in readme_table("Across objectives and seeds"):
         if not cells[0].startswith("["):  # a setting's mean ± std
             assert len(group) >= 2 and cells[0].endswith(f"{len(group)} seeds"), cells[0]
             for cell, key in zip(cells[1:4], ("beta_vae", "factor_vae", "mig")):
@@ -121,3 +121,34 @@ def test_readme_study_table_is_the_study_summary():
             group = []
         group.append(row)
     assert means >= 2 and len(group) <= 1, "a setting's mean row is missing"
+
+
+def test_readme_circle_table_is_the_summaries():
+    """Each row of the README's circle table is its trial's summary.csv row, rounded: a circle
+    trial's (results/circle: its circle's KL, orientation MI, shape MI and orientation MI within
+    shape) or an H trial's (results/study: its rotation latent; the MI within shape, which its
+    metrics.json predates, is `evaluate.py --quick`'s, so only its form is checked); every
+    circle trial at step 345,600 has its row."""
+    with open(ROOT / "results" / "circle" / "summary.csv") as f:
+        circle = {row["trial"]: row for row in csv.DictReader(f)}
+    with open(ROOT / "results" / "study" / "summary.csv") as f:
+        study = {row["trial"]: row for row in csv.DictReader(f)}
+    shown = set()
+    for cells in readme_table("Rotation is a circle"):
+        if cells[0].startswith("H seed "):
+            row = study[f"beta4_H_z10_seed{cells[0].split()[-1]}"]
+            head = f"z{row['z_orientation']}: {float(row['mi_orientation']):.2f} / " \
+                   f"{float(row['mi_shape_of_z_orientation']):.2f} / "
+            assert cells[1].startswith(head) and len(cells[1]) == len(head) + 4, cells
+        else:
+            row = circle[Path(cells[0].split("](")[1].rstrip(")")).parent.name]
+            assert row["step"] == "345600" and row["protocol"] == "full", row["trial"]
+            assert cells[1] == "z0 circle, KL {:.2f}: {:.2f} / {:.2f} / {:.2f}".format(
+                *(float(row[f"circle0_{k}"]) for k in
+                  ("kl", "mi_orientation", "mi_shape", "mi_orientation_within_shape")))
+            shown.add(row["trial"])
+        assert cells[2:] == [
+            " / ".join(f"{float(row[f'mi_{v}']):.2f}" for v in ("posX", "posY", "scale")),
+            f"{float(row['mig']):.3f}", f"{float(row['factor_vae']):.3f}",
+            f"{float(row['recon']):.1f}"], cells[0]
+    assert shown == {t for t, row in circle.items() if row["step"] == "345600"}
