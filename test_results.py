@@ -90,13 +90,18 @@ def readme_table(heading):
             if line.startswith("| ") and not line.startswith("| trial")]
 
 
+def summary_rows(study):
+    """results/<study>/summary.csv's rows by trial name."""
+    with open(ROOT / "results" / study / "summary.csv") as f:
+        return {row["trial"]: row for row in csv.DictReader(f)}
+
+
 def test_readme_study_table_is_the_study_summary():
     """Each trial row of the README's study table is results/study/summary.csv's, rounded (β-VAE,
     FactorVAE, MIG; the best normalised MI of posX, posY and scale; the rotation latent's MI with
     orientation and shape), and the row after a setting's trials (two seeds or more) is their
     mean ± population std."""
-    with open(ROOT / "results" / "study" / "summary.csv") as f:
-        trials = {row["trial"]: row for row in csv.DictReader(f)}
+    trials = summary_rows("study")
     group, means = [], 0
     for cells in readme_table("Across objectives and seeds"):
         if not cells[0].startswith("["):  # a setting's mean ± std
@@ -129,10 +134,7 @@ def test_readme_circle_table_is_the_summaries():
     shape) or an H trial's (results/study: its rotation latent; the MI within shape, which its
     metrics.json predates, is `evaluate.py --quick`'s, so only its form is checked); every
     circle trial at step 345,600 has its row."""
-    with open(ROOT / "results" / "circle" / "summary.csv") as f:
-        circle = {row["trial"]: row for row in csv.DictReader(f)}
-    with open(ROOT / "results" / "study" / "summary.csv") as f:
-        study = {row["trial"]: row for row in csv.DictReader(f)}
+    circle, study = summary_rows("circle"), summary_rows("study")
     shown = set()
     for cells in readme_table("Rotation is a circle"):
         if cells[0].startswith("H seed "):
