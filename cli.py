@@ -4,6 +4,7 @@ A user's mistake (a missing file, a bad flag, a nonsense number, a damaged check
 script with one line on stderr and exit status 1, before any work, never with a traceback.
 """
 import argparse
+import json
 import math
 import os
 import sys
@@ -49,6 +50,18 @@ def parser(description):
 
 def _raise_user_error(message):
     raise UserError(message)
+
+
+def read_json(path):
+    """A JSON object that a script wrote (metrics.json, status.json); a damaged one is a
+    UserError naming it, not a traceback."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is damaged ({e}): delete it, or restore it from git") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} is damaged: a JSON object expected, got {type(data).__name__}")
+    return data
 
 
 def require_folder(what, path):

@@ -15,7 +15,6 @@ samples; in a trial with circle latents its first circle, through a full turn). 
 rewrites them whenever a trial ends.
 """
 import csv
-import json
 import re
 import statistics
 from pathlib import Path
@@ -103,11 +102,11 @@ def trial_row(run):
     row = {"trial": run.name, "setting": setting(run.name), "step": ckpt["step"]}
     row.update({k: ckpt["args"].get(k) for k in FLAGS})
     status = run / "status.json"
-    row.update(json.loads(status.read_text()) if status.exists() else {"status": "", "reason": ""})
+    row.update(cli.read_json(status) if status.exists() else {"status": "", "reason": ""})
     row.update(tail_losses(run / "losses.csv", ckpt["step"]))
     for name in ("metrics.json", "metrics_quick.json"):  # the full protocol's, if there is one
         if (run / name).exists():
-            metrics = json.loads((run / name).read_text())
+            metrics = cli.read_json(run / name)
             if metrics.get("step") == ckpt["step"]:
                 row.update(protocol="quick" if metrics["quick"] else "full", **scores(metrics),
                            **best_mi(metrics),

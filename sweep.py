@@ -161,7 +161,7 @@ def trial_state(targs, ckpt, folder, evaluation):
     if evaluation == "off":
         return "done"
     metrics = folder / ("metrics_quick.json" if evaluation == "quick" else "metrics.json")
-    scored = metrics.exists() and json.loads(metrics.read_text()).get("step") == ckpt["step"]
+    scored = metrics.exists() and cli.read_json(metrics).get("step") == ckpt["step"]
     return "done" if scored else "evaluate"
 
 

@@ -72,6 +72,17 @@ def test_argparse_mistakes_are_user_errors_and_help_works(script, positional, ca
     assert e.value.code == 0 and "--help" in capsys.readouterr().out
 
 
+def test_a_damaged_json_file_is_named_in_one_line(tmp_path):
+    (tmp_path / "cut.json").write_text('{"step": 3')  # a write cut short
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "good.json").write_text('{"step": 3}')
+    assert cli.read_json(tmp_path / "good.json") == {"step": 3}
+    with pytest.raises(cli.UserError, match=r"cut.json is damaged \(Expecting ',' delimiter"):
+        cli.read_json(tmp_path / "cut.json")
+    with pytest.raises(cli.UserError, match="list.json is damaged: a JSON object expected, got list"):
+        cli.read_json(tmp_path / "list.json")
+
+
 def test_an_output_path_through_a_file_is_refused(tmp_path):
     (tmp_path / "f").touch()
     cli.require_folder("--out", tmp_path / "new" / "deeper")  # not there yet: fine

@@ -8,6 +8,7 @@ import torch
 
 import traverse
 from checkpoint import CheckpointError
+from cli import UserError
 from conftest import run_script, save_model
 from model import BetaVAE
 
@@ -43,6 +44,9 @@ def test_traverse_names_latents_from_metrics(run40, tmp_path, capsys):
     assert header.startswith("| sample | z0: posX (KL 2.50) | z1: scale (KL 1.25) | z2: inactive")
     assert "latents by KL: z0: posX (KL 2.50), z1: scale (KL 1.25), z2: inactive" in (
         capsys.readouterr().out)
+    (run / "metrics.json").write_text('{"step": 40, "mi": [[0.0')  # a write cut short
+    with pytest.raises(UserError, match="metrics.json is damaged"):
+        traverse.main([str(run / "ckpt.pt"), "--out", str(tmp_path / "gif"), "--frames", "3"])
 
 
 def test_traverse_sweeps_the_one_latent_asked_for():

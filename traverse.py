@@ -13,7 +13,6 @@ results table. Each latent is named by the factor with the largest normalised MI
 (evaluate.py's, read from the run's metrics.json or computed here) and its KL;
 latents with KL below 0.1 nats are marked inactive.
 """
-import json
 from pathlib import Path
 
 import numpy as np
@@ -110,8 +109,7 @@ def latent_info(ckpt_path, step, model, data):
     belongs to this checkpoint's step, else computed on MIG's 10,000 images."""
     metrics = checkpoint.run_dir(ckpt_path) / "metrics.json"
     if metrics.exists():
-        with open(metrics) as f:
-            m = json.load(f)
+        m = cli.read_json(metrics)
         if m.get("step") == step:
             return m["mi"], m["kl_per_dim"]
     return evaluate.latent_factor_mi(model, data)
