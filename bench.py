@@ -177,19 +177,22 @@ def peak_memory(device):
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bench(batch_size, device, seconds, windows, data, lr=LR, ckpt=None):
+POOL = 16384  # images the baseline holds in memory; its batches are drawn from them
+
+
+def bench(batch_size, device, seconds, windows, data, ckpt=None):
     """Alternating timing windows of both loops, both from `ckpt`'s state if given, then those
     of the project's loop under objective F (fresh weights): (rates per loop, the peak MiB of
     the project's loop and of the baseline's)."""
-    project = project_loop(data, batch_size, device, lr, ckpt)
-    factor = factor_loop(data, batch_size, device, lr)
-    # The baseline's uint8 images, held in memory as the tutorials do (a 16,384-image subset).
-    pool = torch.cat([data.images(i).cpu() for i in torch.randperm(len(data))[:16384].split(4096)])
+    project = project_loop(data, batch_size, device, LR, ckpt)
+    factor = factor_loop(data, batch_size, device, LR)
+    # The baseline's uint8 images, held in memory as the tutorials do (a POOL-image subset).
+    pool = torch.cat([data.images(i).cpu() for i in torch.randperm(len(data))[:POOL].split(4096)])
     # A fresh interpreter ("spawn"): a forked child would inherit this process's settings.
     ctx = multiprocessing.get_context("spawn")
     conn, child_conn = ctx.Pipe()
     child = ctx.Process(target=baseline_process,
-                        args=(child_conn, pool, batch_size, str(device), lr, ckpt))
+                        args=(child_conn, pool, batch_size, str(device), LR, ckpt))
     child.start()
 
     def baseline_window(s):
@@ -228,20 +231,20 @@ def plain_step(model, opt, imgs):
 CURVE_EVERY = 50  # --curve logs the mean loss of every 50 steps
 
 
-def loss_curves(data, batch_size, device, steps, out, seed=0, every=CURVE_EVERY, lr=LR):
+def loss_curves(data, batch_size, device, steps, out, seed=0):
     """Train the project's step and plain_step side by side, from the same initial weights on
     the same batches, and write both loss curves to out.csv and out.png. Returns the rows."""
     torch.manual_seed(seed)
-    fast, fast_opt = fast_model_and_adam(device, lr)
+    fast, fast_opt = fast_model_and_adam(device, LR)
     plain = BetaVAE().to(device)
     plain.load_state_dict(fast.state_dict())
-    plain_opt = torch.optim.Adam(plain.parameters(), lr=lr)
+    plain_opt = torch.optim.Adam(plain.parameters(), lr=LR)
     rows, sums = [], torch.zeros(2, device=device)
     for step, imgs in zip(range(steps), batch_stream(data, batch_size, device, seed)):
         sums[0] += train_step(fast, fast_opt, imgs)["loss"]
         sums[1] += plain_step(plain, plain_opt, imgs)
-        if (step + 1) % every == 0:
-            rows.append([step + 1] + (sums / every).tolist())
+        if (step + 1) % CURVE_EVERY == 0:
+            rows.append([step + 1] + (sums / CURVE_EVERY).tolist())
             sums.zero_()
     with open(f"{out}.csv", "w", newline="") as f:
         csv.writer(f).writerows([["step", "project", "plain_fp32"]] + rows)
@@ -252,7 +255,7 @@ def loss_curves(data, batch_size, device, steps, out, seed=0, every=CURVE_EVERY,
         ax.plot(steps_logged, [r[1] for r in rows],
                 label=f"this project ({precision}, channels_last)")
         ax.plot(steps_logged, [r[2] for r in rows], "--", label="plain fp32 loop")
-        ax.set(xlabel="step", ylabel=f"loss, mean of {every} steps (nats per image)",
+        ax.set(xlabel="step", ylabel=f"loss, mean of {CURVE_EVERY} steps (nats per image)",
                yscale="log",
                title=f"Same batches, same initial weights: batch {batch_size} on {device.type}")
         ax.legend()
@@ -295,7 +298,9 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    require("batch-size", args.batch_size, 1)
+    require("batch-size", args.batch_size, 1, high=POOL)  # the baseline draws batches from POOL
+    if args.seed and not args.curve:
+        raise UserError("--seed seeds --curve's runs; without --curve it would do nothing")
     require("windows", args.windows, 1)
     require("seconds", args.seconds, 0, strict=True)
     cli.require_seeds([args.seed])

@@ -103,7 +103,8 @@ def test_curve_trains_both_steps_on_the_same_batches(tmp_path, monkeypatch, caps
 
 
 def test_bench_rejects_bad_flags():
-    with pytest.raises(UserError, match="--batch-size must be a finite number at least 1, got 0"):
+    with pytest.raises(UserError, match="--batch-size must be a finite number at least 1 and at "
+                                        "most 16384, got 0"):
         bench.main(["--batch-size", "0"])
     with pytest.raises(UserError, match="--windows must be a finite number at least 1, got 0"):
         bench.main(["--windows", "0"])
@@ -115,6 +116,10 @@ def test_bench_rejects_bad_flags():
         bench.main(["--curve", "100", "--ckpt", "x"])
     with pytest.raises(UserError, match="--curve must be 0 .off. or at least 50 steps"):
         bench.main(["--curve", "10"])
+    with pytest.raises(UserError, match="--batch-size must be .* at most 16384, got 16385"):
+        bench.main(["--batch-size", "16385"])  # the baseline's pool would yield no batch
+    with pytest.raises(UserError, match="--seed seeds --curve's runs"):
+        bench.main(["--seed", "3"])
 
 
 def trained_state(steps=3):
