@@ -303,6 +303,8 @@ def test_a_second_run_into_a_busy_folder_is_refused_and_a_stale_lock_taken_over(
     (["--objective", "F", "--beta", "8"], "--beta 8 does nothing under --objective F"),
     (["--objective", "F", "--c-max", "5"], "--c-max 5 does nothing under --objective F"),
     (["--objective", "F", "--gamma", "0"], "--gamma must be a finite number above 0, got 0.0"),
+    (["--objective", "F", "--batch-size", "368641"],  # its second batch: half an epoch on
+     "--batch-size must be a finite number at least 1 and at most 368640, got 368641"),
     (["--gamma", "5"], "--gamma 5 does nothing under --objective H"),
 ])
 def test_nonsense_numbers_are_refused_before_any_work(tmp_path, capsys, flags, message):

@@ -123,7 +123,7 @@ def check_args(args):
         if getattr(args, flag) is not None:  # max_steps None: no limit
             cli.require(flag, getattr(args, flag), 1)
     cli.require("batch_size", args.batch_size, 2 if args.objective == "TC" else 1,  # TC: a pair
-            high=dataset.NUM_IMAGES)
+                high=dataset.NUM_IMAGES // (2 if args.objective == "F" else 1))  # F: 2 batches
     cli.require_seeds([args.seed])
     cli.require("circles", args.circles, 0, high=args.latent_dim)
     if args.circles and args.objective in ("TC", "F"):
