@@ -139,7 +139,7 @@ def tc_parts(z, mu, logvar, dataset_size):
     }
 
 
-def beta_vae_loss(logits, x, mu, logvar, objective="H", beta=4.0, gamma=1000.0, c=0.0, z=None,
+def beta_vae_loss(logits, x, mu, logvar, objective="H", beta=4.0, gamma=None, c=0.0, z=None,
                   dataset_size=None, circles=0, tc=None):
     """Total loss and its parts: dict(loss, recon, kl, kl_per_dim), and for "TC" mi, tc, dw_kl.
 
@@ -153,8 +153,14 @@ def beta_vae_loss(logits, x, mu, logvar, objective="H", beta=4.0, gamma=1000.0, 
     which is still reported as kl (and kl_per_dim) for comparison.
     objective "F": recon + KL + gamma * tc, tc the discriminator's estimate of the total
     correlation (a scalar that carries the gradient to the encoder through z); reported as tc.
+    gamma has no default: the papers' differ (B 1000, F 35 on dSprites, train.py's GAMMA).
     circles: how many leading latents are circles (model.py); H and B only.
     """
+    if objective in ("B", "F") and gamma is None:
+        raise ValueError(f"objective {objective!r} needs gamma (dSprites: B 1000, F 35)")
+    if circles and objective in ("TC", "F"):
+        raise ValueError(f"objective {objective!r} estimates the total correlation of Gaussian "
+                         "latents only; it takes no circles")
     recon = reconstruction_loss(logits, x)
     kl_dims = kl_per_dim(mu, logvar, circles)
     kl = kl_dims.sum()
@@ -170,9 +176,6 @@ def beta_vae_loss(logits, x, mu, logvar, objective="H", beta=4.0, gamma=1000.0, 
         parts = {"tc": tc}
         total = recon + kl + gamma * tc
     elif objective == "TC":
-        if circles:
-            raise ValueError("objective 'TC' estimates log q(z) for Gaussian latents only; "
-                             "it takes no circles")
         if z is None or dataset_size is None:
             raise ValueError("objective 'TC' needs z (the posterior sample decoded into logits) "
                              "and dataset_size (the number of images in the dataset)")

@@ -40,7 +40,10 @@ def test_objectives_combine_the_parts():
     torch.testing.assert_close(f["loss"], f["recon"] + f["kl"] + 35.0 * 0.25)
     assert f["tc"] == 0.25
     with pytest.raises(ValueError, match="objective 'F' needs tc"):
-        beta_vae_loss(logits, x, mu, logvar, "F")
+        beta_vae_loss(logits, x, mu, logvar, "F", gamma=35.0)
+    for objective in ("B", "F"):  # no silent γ: B's 1000 would be 30 times F's
+        with pytest.raises(ValueError, match=f"objective '{objective}' needs gamma"):
+            beta_vae_loss(logits, x, mu, logvar, objective, tc=torch.tensor(0.25))
     with pytest.raises(ValueError, match="choose from 'H', 'B', 'TC', 'F'"):
         beta_vae_loss(logits, x, mu, logvar, "C")
 
@@ -327,3 +330,5 @@ def test_circles_enter_the_kl_of_h_and_b_and_tc_refuses_them():
     torch.testing.assert_close(b["loss"], b["recon"] + 100.0 * (dims.sum() - 1.0).abs())
     with pytest.raises(ValueError, match="Gaussian latents only"):
         beta_vae_loss(logits, x, mu, logvar, "TC", z=mu, dataset_size=100, circles=1)
+    with pytest.raises(ValueError, match="Gaussian latents only"):
+        beta_vae_loss(logits, x, mu, logvar, "F", gamma=35.0, tc=torch.tensor(0.1), circles=1)
