@@ -20,10 +20,11 @@ logit_product. One training step (Algorithm 2) with a VAE `model` and this `disc
     vae_loss = elbo_loss + GAMMA * tc_estimate(disc, z)
     z2 = model.reparameterize(*model.encode(x2))       # batch 2, drawn independently
     disc_loss, accuracy = discriminator_loss(disc, z, permute_dims(z2))
-each loss stepped by its own Adam (VAE_LR/VAE_BETAS, DISC_LR/DISC_BETAS): tc_estimate() cannot move
-the discriminator, discriminator_loss() cannot move the encoder.
+each loss stepped by its own Adam (the VAE's: VAE_LR, PyTorch's betas (0.9, 0.999); the
+discriminator's: DISC_LR, DISC_BETAS): tc_estimate() cannot move the discriminator,
+discriminator_loss() cannot move the encoder.
 
-Sources. The paper's text was not at hand here; each setting is cited to where it was read:
+Sources, each setting cited to the code that states it (the paper's appendix is not quoted):
 - Architecture: disentanglement_lib (google-research), methods/shared/architectures.py,
   fc_discriminator ("Fully connected discriminator used in FactorVAE paper for all datasets.
   Based on Appendix A page 11"): six dense layers of 1000 units with tf.nn.leaky_relu (its
@@ -40,9 +41,9 @@ Sources. The paper's text was not at hand here; each setting is cited to where i
   (YannDubs/disentangling-vae, disvae/models/losses.py, FactorKLoss: "In the paper they sample 2
   batches"); disentanglement_lib's FactorVAE shuffles the first batch's codes instead.
 - γ: disentanglement_lib sweeps factor_vae.gamma over 10, 20, 30, 40, 50, 100
-  (config/unsupervised_study_v1/sweep.py). GAMMA = 35 is the paper's dSprites model in its
-  latent-traversal figure as recalled, not read here; 1Konny/FactorVAE's first dSprites script
-  (commit 04392e7) used 35 too, before switching to 6.4 (commit ee4aaf3).
+  (config/unsupervised_study_v1/sweep.py). GAMMA = 35 is the value attributed to the paper's
+  dSprites traversal figure, unverified against the paper's text; 1Konny/FactorVAE's first
+  dSprites script (commit 04392e7) used 35 too, before switching to 6.4 (commit ee4aaf3).
 """
 import math
 
@@ -51,8 +52,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-GAMMA = 35.0  # dSprites TC weight: the paper's figure, as recalled (docstring, "Sources")
-VAE_LR, VAE_BETAS = 1e-4, (0.9, 0.999)  # disentanglement_lib unsupervised_study_v1 shared.gin
+GAMMA = 35.0  # dSprites TC weight, unverified against the paper's text (docstring, "Sources")
+VAE_LR = 1e-4  # disentanglement_lib unsupervised_study_v1 shared.gin (betas: Adam's defaults)
 DISC_LR, DISC_BETAS = 1e-4, (0.5, 0.9)  # the same file: discriminator/AdamOptimizer
 
 

@@ -110,8 +110,8 @@ def plan_indices(p):
 def beta_vae_score(codes, train, evaluation):
     """Higgins et al.: logistic regression predicts the fixed factor from the mean absolute code
     difference over each point's pairs. disentanglement_lib takes scikit-learn's defaults; its
-    published runs predate scikit-learn 0.22, whose default was liblinear one-vs-rest, and these
-    are today's (lbfgs, multinomial, 100 iterations)."""
+    published runs predate scikit-learn 0.22, whose default was liblinear one-vs-rest; these are
+    the defaults since 0.22 (lbfgs, multinomial, 100 iterations)."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 

@@ -21,11 +21,9 @@ def init_weights(model):
     """He et al. 2015 ("Delving deep into rectifiers", eq. 10) for every conv and linear layer:
     weights uniform with variance 2 / fan_in, biases zero. fan_in counts the inputs summed into
     one output: in·k·k for a conv, in for a linear layer, in·k·k / stride² for a transposed
-    conv (each output pixel meets 2x2 of its 4x4 kernel taps). Not applied by BetaVAE: PyTorch's
-    default init (variance 1 / (3 fan_in)) keeps fewer latents active and, after 2 epochs at
-    β = 4 (one seed), had the higher mean of MIG and FactorVAE (README, "The recipe"), while
-    under Burgess' capacity objective (γ = 1000) its encoder's ReLUs die and this init's do not;
-    train.py --init he applies this one."""
+    conv (each output pixel meets 2x2 of its 4x4 kernel taps). Not applied by BetaVAE, which
+    keeps PyTorch's default (variance 1 / (3 fan_in)); README, "The recipe", says when each
+    wins. train.py --init he applies this one."""
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             fan_in = m.weight[0].numel()
