@@ -277,6 +277,18 @@ def start_ray(address, cpus):
     return ray, True
 
 
+def require_room(nodes, cpus, gpus):
+    """A trial needs one Ray node with `cpus` CPUs and `gpus` GPUs; without one, Ray would keep
+    it waiting for ever (an infeasible task), so the sweep stops with one line instead."""
+    free = [(n["Resources"].get("CPU", 0), n["Resources"].get("GPU", 0)) for n in nodes
+            if n["Alive"]]
+    if not any(c >= cpus and g >= gpus for c, g in free):
+        have = ", ".join(f"{c:g} CPUs and {g:g} GPUs" for c, g in free) or "none alive"
+        raise cli.UserError(f"no Ray node has --cpus-per-trial {cpus:g} CPUs and "
+                            f"--gpus-per-trial {gpus:g} GPUs (nodes: {have}): lower them, "
+                            "or start a node that has them")
+
+
 def run(args, trials):
     """Submit the trials that are not done; report progress; stop them all on a signal."""
     folder = Path(args.folder)
@@ -289,6 +301,7 @@ def run(args, trials):
     # After ray.init, which puts a handler of its own on SIGTERM (one that exits at once).
     stop, last_report, failed = runlog.StopFlag(), 0.0, 0
     try:
+        require_room(ray.nodes(), args.cpus_per_trial, args.gpus_per_trial)
         task = ray.remote(run_trial).options(num_cpus=args.cpus_per_trial,
                                              num_gpus=args.gpus_per_trial, max_retries=0)
         refs = {task.remote(str(HERE), str(folder), name, None if state == "evaluate" else (

@@ -223,6 +223,19 @@ def test_a_killed_sweep_leaves_no_trial_training_and_the_same_command_finishes_i
     assert checkpoint.load(long)["step"] == 1500
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--gpus-per-trial", "1"], "no Ray node has --cpus-per-trial 1 CPUs and --gpus-per-trial 1 "
+                                "GPUs \\(nodes: 2 CPUs and 0 GPUs\\)"),
+    (["--cpus-per-trial", "3"], "no Ray node has --cpus-per-trial 3 CPUs and --gpus-per-trial 0 "
+                                "GPUs \\(nodes: 2 CPUs and 0 GPUs\\)"),
+])
+def test_a_trial_that_no_node_can_hold_is_refused_before_it_waits_for_ever(ray_address, tmp_path,
+                                                                          flags, message):
+    with pytest.raises(UserError, match=message):
+        sweep.main([str(tmp_path / "s"), "--max-steps", "1", *flags])
+    assert not (tmp_path / "s" / "beta4_H_z10_seed0").exists()  # nothing trained
+
+
 def test_a_second_sweep_into_the_same_folder_is_refused(tmp_path):
     lock = runlog.RunLock(tmp_path, "sweep.lock", "a sweep", "choose another folder")
     try:
