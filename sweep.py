@@ -28,6 +28,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -45,6 +46,7 @@ NOT_IN_NAME = {"epochs", "max_steps", "device", "ckpt_every", "log_every", "eval
                "download"}
 EVAL = {"full": ["--seed", "0", "1", "2"], "quick": ["--quick"], "off": None}
 STATUS_EVERY = 60  # seconds between progress reports while trials run
+CONNECT_TIMEOUT = 10  # seconds to wait for --address to answer
 POLL = 5  # seconds between looks at a stop request: seldom, so as to take no CPU from trials
 PR_SET_PDEATHSIG = 1  # prctl option, <linux/prctl.h>
 STOP_FILE = "sweep.stop"  # in the sweep folder: its trials checkpoint and stop (shared storage)
@@ -263,6 +265,8 @@ def start_ray(address, cpus):
         # without a token: each local Ray writes its own to ~/.ray/auth_token, over the one that
         # the clients of a Ray started earlier on this machine still need.
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    elif address not in ("auto", "local"):
+        require_reachable(address)
     import ray
 
     if ray.is_initialized():
@@ -275,6 +279,21 @@ def start_ray(address, cpus):
              runtime_env={"env_vars": {"PYTHONPATH": str(HERE), "RAY_worker_niceness": "0"}},
              **local)
     return ray, True
+
+
+def require_reachable(address):
+    """A cluster's HOST:PORT (or ray://HOST:PORT) must accept a connection: ray.init would
+    otherwise retry an unreachable one for many minutes before it failed."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not (host and port.isdigit()):
+        raise cli.UserError(f"--address must be HOST:PORT, ray://HOST:PORT or auto, got "
+                            f"{address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT).close()
+    except OSError as e:
+        raise cli.UserError(f"no Ray cluster answers at {address} ({e.strerror or e}): start "
+                            f"one there with `ray start --head`, or leave out --address and "
+                            f"$RAY_ADDRESS") from None
 
 
 def require_room(nodes, cpus, gpus):

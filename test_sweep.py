@@ -5,6 +5,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -233,6 +234,20 @@ def test_a_trial_that_no_node_can_hold_is_refused_before_it_waits_for_ever(ray_a
                                                                           flags, message):
     with pytest.raises(UserError, match=message):
         sweep.main([str(tmp_path / "s"), "--max-steps", "1", *flags])
+    assert not (tmp_path / "s" / "beta4_H_z10_seed0").exists()  # nothing trained
+
+
+def test_an_address_where_no_cluster_answers_is_refused_in_one_line(tmp_path):
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(UserError, match=f"no Ray cluster answers at 127.0.0.1:{port} \\("
+                                        f"Connection refused\\): start one there with `ray "
+                                        f"start --head`"):
+        sweep.main([str(tmp_path / "s"), "--max-steps", "1", "--address", f"127.0.0.1:{port}"])
+    with pytest.raises(UserError, match="--address must be HOST:PORT, ray://HOST:PORT or auto, "
+                                        "got 'head-node'"):
+        sweep.main([str(tmp_path / "s"), "--max-steps", "1", "--address", "head-node"])
     assert not (tmp_path / "s" / "beta4_H_z10_seed0").exists()  # nothing trained
 
 
