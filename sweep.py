@@ -32,6 +32,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 
 import cli
@@ -69,8 +70,8 @@ def build_parser():
     p.add_argument("--gpus-per-trial", type=float, default=0.0,
                    help="GPUs per trial, fractions share one (default: 0)")
     p.add_argument("--address", default=None,
-                   help="a running Ray cluster (default: $RAY_ADDRESS if set, else a Ray started "
-                        "on this machine)")
+                   help="a running Ray cluster: HOST:PORT, ray://HOST:PORT or auto (default: "
+                        "$RAY_ADDRESS if set, else a Ray started on this machine)")
     for action in train.build_parser()._actions:
         if action.dest in ("help", "out", "resume"):
             continue
@@ -258,15 +259,19 @@ def _last_progress(log):
 
 def start_ray(address, cpus):
     """Ray for the sweep: the test session's or caller's if running, else the cluster at
-    address / $RAY_ADDRESS, else one started on this machine. Returns whether we started it."""
+    address / $RAY_ADDRESS, else one started on this machine ("local" alike). A named cluster
+    that does not answer is refused in one line first. Returns whether we started it."""
+    source = "--address" if address else "$RAY_ADDRESS"
     address = address or os.environ.get("RAY_ADDRESS")
-    if not address:  # a Ray of this machine alone listens on loopback, not on the network,
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # (read at import)
+    if address in (None, "", "local"):
+        address = None
+        # A Ray of this machine alone listens on loopback, not on the network (read at import),
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         # without a token: each local Ray writes its own to ~/.ray/auth_token, over the one that
         # the clients of a Ray started earlier on this machine still need.
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    elif address not in ("auto", "local"):
-        require_reachable(address)
+    elif address != "auto":  # "auto": Ray finds this machine's `ray start` itself, or says not
+        require_reachable(address, source)
     import ray
 
     if ray.is_initialized():
@@ -281,18 +286,24 @@ def start_ray(address, cpus):
     return ray, True
 
 
-def require_reachable(address):
-    """A cluster's HOST:PORT (or ray://HOST:PORT) must accept a connection: ray.init would
-    otherwise retry an unreachable one for many minutes before it failed."""
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not (host and port.isdigit()):
-        raise cli.UserError(f"--address must be HOST:PORT, ray://HOST:PORT or auto, got "
+def require_reachable(address, source):
+    """A cluster's HOST:PORT or ray://HOST:PORT (IPv6 in brackets) must accept a connection:
+    ray.init would otherwise retry an unreachable one for many minutes before it failed.
+    source: where the address came from (--address or $RAY_ADDRESS), for the message."""
+    parts = urllib.parse.urlsplit(address if "://" in address else "//" + address)
+    try:
+        port = parts.port  # None when absent; ValueError when not a port number
+    except ValueError:
+        port = None
+    if parts.scheme not in ("", "ray") or not parts.hostname or not port or parts.path:
+        raise cli.UserError(f"{source} must be HOST:PORT, ray://HOST:PORT, auto or local, got "
                             f"{address!r}")
     try:
-        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT).close()
+        socket.create_connection((parts.hostname, port), timeout=CONNECT_TIMEOUT).close()
     except OSError as e:
-        raise cli.UserError(f"no Ray cluster answers at {address} ({e.strerror or e}): start "
-                            f"one there with `ray start --head`, or leave out --address and "
+        why = "unknown host" if isinstance(e, socket.gaierror) else e.strerror or e
+        raise cli.UserError(f"no Ray cluster answers at {address} ({source}; {why}): start one "
+                            f"there with `ray start --head`, or leave out --address and "
                             f"$RAY_ADDRESS") from None
 
 

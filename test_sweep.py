@@ -237,18 +237,27 @@ def test_a_trial_that_no_node_can_hold_is_refused_before_it_waits_for_ever(ray_a
     assert not (tmp_path / "s" / "beta4_H_z10_seed0").exists()  # nothing trained
 
 
-def test_an_address_where_no_cluster_answers_is_refused_in_one_line(tmp_path):
-    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
-        s.bind(("127.0.0.1", 0))
+def test_an_address_where_no_cluster_answers_is_refused_in_one_line(tmp_path, monkeypatch):
+    with socket.socket() as s:  # bound, not listening: connections are refused, and the port
+        s.bind(("127.0.0.1", 0))  # stays taken for the test
         port = s.getsockname()[1]
-    with pytest.raises(UserError, match=f"no Ray cluster answers at 127.0.0.1:{port} \\("
-                                        f"Connection refused\\): start one there with `ray "
-                                        f"start --head`"):
-        sweep.main([str(tmp_path / "s"), "--max-steps", "1", "--address", f"127.0.0.1:{port}"])
-    with pytest.raises(UserError, match="--address must be HOST:PORT, ray://HOST:PORT or auto, "
-                                        "got 'head-node'"):
-        sweep.main([str(tmp_path / "s"), "--max-steps", "1", "--address", "head-node"])
+        with pytest.raises(UserError, match=f"no Ray cluster answers at 127.0.0.1:{port} "
+                                            f"\\(--address; Connection refused\\): start one "
+                                            f"there with `ray start --head`"):
+            sweep.main([str(tmp_path / "s"), "--max-steps", "1", "--address",
+                        f"127.0.0.1:{port}"])
+        monkeypatch.setenv("RAY_ADDRESS", f"ray://127.0.0.1:{port}")
+        with pytest.raises(UserError, match=f"answers at ray://127.0.0.1:{port} "
+                                            f"\\(\\$RAY_ADDRESS; Connection refused\\)"):
+            sweep.main([str(tmp_path / "s"), "--max-steps", "1"])
     assert not (tmp_path / "s" / "beta4_H_z10_seed0").exists()  # nothing trained
+
+
+@pytest.mark.parametrize("address", ["head-node", "head:99999", "http://head:8265", "head:6379/x"])
+def test_a_malformed_address_is_refused_in_one_line(tmp_path, address):
+    with pytest.raises(UserError, match=f"--address must be HOST:PORT, ray://HOST:PORT, auto or "
+                                        f"local, got '{re.escape(address)}'"):
+        sweep.main([str(tmp_path / "s"), "--max-steps", "1", "--address", address])
 
 
 def test_a_second_sweep_into_the_same_folder_is_refused(tmp_path):
