@@ -70,8 +70,8 @@ def build_parser():
     p.add_argument("--gpus-per-trial", type=float, default=0.0,
                    help="GPUs per trial, fractions share one (default: 0)")
     p.add_argument("--address", default=None,
-                   help="a running Ray cluster: HOST:PORT, ray://HOST:PORT or auto (default: "
-                        "$RAY_ADDRESS if set, else a Ray started on this machine)")
+                   help="a running Ray cluster: HOST:PORT, ray://HOST:PORT or auto; local: a Ray "
+                        "started on this machine (default: $RAY_ADDRESS if set, else local)")
     for action in train.build_parser()._actions:
         if action.dest in ("help", "out", "resume"):
             continue
