@@ -141,13 +141,16 @@ def time_window(loop, seconds, batch_size, device):
     return steps * batch_size / (time.perf_counter() - start)
 
 
-def flops_per_image(device, batch_size=8):
-    """Model FLOPs of one training image (forward + backward), counted by torch."""
+def flops_per_image(device, objective="H", batch_size=8):
+    """FLOPs of one training image (forward + backward), counted by torch in train_step on
+    model.py as it is; under objective "F" with its discriminator's passes and the encoding of
+    its second batch."""
     model = BetaVAE().to(device)
-    x = torch.rand(batch_size, 1, 64, 64, device=device)
+    imgs = torch.randint(0, 2, (batch_size, 64, 64), dtype=torch.uint8, device=device)
+    critic = make_critic(model.latent_dim, device) if objective == "F" else None
     with FlopCounterMode(display=False) as counter:
-        logits, mu, logvar = model(x)
-        beta_vae_loss(logits, x, mu, logvar)["loss"].backward()
+        train_step(model, torch.optim.Adam(model.parameters()), imgs, critic,
+                   imgs if critic else None, objective=objective, gamma=discriminator.GAMMA)
     return counter.get_total_flops() / batch_size
 
 
@@ -328,7 +331,7 @@ def main(argv=None):
         print(f"data: all {len(data):,} images drawn into the rendered store in "
               f"{time.perf_counter() - start:.0f} s, as during train.py's first epoch; from the "
               f"second epoch on, as here, a batch is a lookup")
-    flops = flops_per_image(device)
+    flops, f_flops = flops_per_image(device), flops_per_image(device, "F")
     bound = matmul_gflops(device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else (
         f"CPU, {torch.get_num_threads()} threads")
@@ -352,7 +355,8 @@ def main(argv=None):
     f_med = statistics.median(f_rates)
     print(f"objective F (FactorVAE, fresh weights; its discriminator's step and second batch "
           f"besides): median {f_med:,.0f} img/s, min {min(f_rates):,.0f}, max {max(f_rates):,.0f}; "
-          f"{f_med / med['project']:.2f}x the project's H loop")
+          f"{f_med / med['project']:.2f}x the project's H loop; {f_flops / 1e6:.1f} MFLOP per "
+          f"image ({f_flops / flops:.2f}x H's), {f_med * f_flops / 1e9 / bound:.0%} of the bound")
     what = "GPU memory allocated" if device.type == "cuda" else "resident memory"
     print(f"peak {what}: project {project_peak:,.0f} MiB, baseline {baseline_peak:,.0f} MiB")
 

@@ -69,12 +69,28 @@ def test_bench_prints_rates_ratio_flops_and_memory(tmp_path):
     high = (medians["project"] + 0.5) / max(medians["baseline"] - 0.5, 1e-9)
     assert low - 0.005 <= ratio <= high + 0.005, (ratio, medians)
     m = re.search(r"^objective F \(FactorVAE, .*\): median ([\d,]+) img/s, min ([\d,]+), max "
-                  r"([\d,]+); ([\d.]+)x the project's H loop$", out, re.M)
+                  r"([\d,]+); ([\d.]+)x the project's H loop; ([\d.]+) MFLOP per image "
+                  r"\(([\d.]+)x H's\), (\d+)% of the bound$", out, re.M)
     assert m, out
-    f_median, f_min, f_max, f_ratio = (number(g) for g in m.groups())
+    f_median, f_min, f_max, f_ratio, f_mflop, f_flop_ratio, f_percent = map(number, m.groups())
     assert 0 < f_min <= f_median <= f_max
     assert f_ratio == pytest.approx(f_median / medians["project"],
                                     abs=0.005 + f_ratio * 0.5 / min(f_median, medians["project"]))
+    # F's step adds, per image, by the layer sizes (FLOPs = 2 x multiply-adds): the
+    # discriminator (10 -> 1000, five 1000 -> 1000, 1000 -> 2: `macs` per sample) forward and
+    # backward to z for the VAE's loss (2 x 2 macs); its own step on two samples, the image's z
+    # and a permuted second-batch z, each forward, weight gradients and input gradients but its
+    # first layer's (2 x (3 macs - 10 x 1000)); and the encoder's forward on the second batch
+    # (4x4 convs 1 -> 32 -> 32 -> 32 -> 32 channels, out to 32, 16, 8, 4 pixels a side; then
+    # 512 -> 256 -> 256 -> 20).
+    macs = 10 * 1000 + 5 * 1000 * 1000 + 1000 * 2
+    convs = ((1, 32), (32, 16), (32, 8), (32, 4))  # (channels in, output side)
+    encoder = (sum(32 * side ** 2 * c_in * 16 for c_in, side in convs)
+               + 512 * 256 + 256 * 256 + 256 * 20)
+    added = 2 * (2 * macs + 2 * (3 * macs - 10 * 1000) + encoder)
+    assert f_mflop == pytest.approx(mflop + added / 1e6, abs=0.1)
+    assert f_flop_ratio == pytest.approx(f_mflop / mflop, abs=0.01)
+    assert f_percent == pytest.approx(100 * f_median * f_mflop / 1e3 / bound, abs=1)
     m = re.search(r"^peak resident memory: project ([\d,]+) MiB, baseline ([\d,]+) MiB$",
                   out, re.M)
     assert m, out
