@@ -372,6 +372,31 @@ def test_factorvae_trains_resumes_exactly_and_logs_its_discriminator(tmp_path, t
     assert len(list((tmp_path / "gif").glob("*/*.gif"))) == 40
 
 
+def test_a_non_finite_discriminator_is_never_checkpointed(tmp_path, monkeypatch):
+    """FactorVAE's discriminator steps after the step's loss is logged: if its weights turn
+    non-finite on a checkpoint step, training stops and ckpt.pt keeps the last good state."""
+    out = tmp_path / "F"
+    train.main(["--objective", "F", "--max-steps", "10", "--out", str(out)] + FAST)
+    good = checkpoint.load(out)["discriminator"]
+    critic_step, calls = train.critic_step, []
+
+    def corrupted(model, critic, *args):  # the 10th step of the resumed run: step 20
+        parts = critic_step(model, critic, *args)
+        calls.append(1)
+        if len(calls) == 10:
+            with torch.no_grad():
+                next(critic[0].parameters()).fill_(float("nan"))
+        return parts
+
+    monkeypatch.setattr(train, "critic_step", corrupted)
+    with pytest.raises(UserError, match="discriminator weights became non-finite near step 20; "
+                                        "stopped. .* keeps the last good state"):
+        train.main(["--resume", str(out), "--max-steps", "30"])
+    after = checkpoint.load(out)
+    assert after["step"] == 10 and all(torch.equal(good[k], after["discriminator"][k])
+                                       for k in good)
+
+
 def test_a_factorvae_step_keeps_the_two_gradients_apart(monkeypatch):
     """After one step, the VAE's gradients are those of its own loss alone (the discriminator's
     loss adds nothing to them), and the discriminator's its own loss's (train_step at lr 0,

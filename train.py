@@ -277,8 +277,11 @@ def train(args, ckpt, started):
             if step % args.log_every == 0 or save_now:  # before a checkpoint: seen to be finite
                 log.write(step, total, per_epoch, c)
             if save_now:
-                if not all(torch.isfinite(p).all() for p in model.parameters()):
-                    raise diverged(out, f"weights became non-finite near step {step}")
+                # FactorVAE's discriminator too: its step comes after the logged values
+                for what, net in [("weights", model)] + ([("discriminator weights", critic[0])]
+                                                         if critic else []):
+                    if not all(torch.isfinite(p).all() for p in net.parameters()):
+                        raise diverged(out, f"{what} became non-finite near step {step}")
                 checkpoint.save(out / "ckpt.pt",
                                 checkpoint.state(model, opt, step, args, device, critic))
             if epoch_end:
