@@ -201,9 +201,12 @@ def show(line, final=False):
 
 
 def progress_line(step, total, epoch, epochs, means, rate, elapsed, left):
-    """Training's progress: epoch, bar, step, loss parts, speed, time elapsed and left."""
+    """Training's progress: epoch, bar, step, loss parts (TC and F: the total-correlation
+    estimate; F: the discriminator's accuracy), speed, time elapsed and left."""
     done = int(30 * step / total)
+    extra = "".join(f" {label} {means[key].item():.3f}" for key, label in
+                    (("tc", "tc"), ("disc_acc", "D acc")) if key in means)
     return (f"epoch {epoch + 1}/{epochs} [{'#' * done}{'.' * (30 - done)}] step {step}/{total} "
             f"loss {means['loss'].item():.2f} recon {means['recon'].item():.2f} "
-            f"kl {means['kl'].item():.2f} | {rate:,.0f} img/s | {clock(elapsed)} elapsed, "
-            f"{clock(left)} left")
+            f"kl {means['kl'].item():.2f}{extra} | {rate:,.0f} img/s | {clock(elapsed)} "
+            f"elapsed, {clock(left)} left")

@@ -348,11 +348,12 @@ def test_a_circle_run_trains_resumes_exactly_and_keeps_its_circles(tmp_path):
         train.main(["--resume", str(split), "--circles", "2"])
 
 
-def test_factorvae_trains_resumes_exactly_and_logs_its_discriminator(tmp_path, tiny_protocol):
+def test_factorvae_trains_resumes_exactly_and_logs_its_discriminator(tmp_path, tiny_protocol,
+                                                                    capsys):
     """--objective F: γ 35 and the paper's learning rate by default; the discriminator and its
     optimizer are in ckpt.pt, so 10 steps and a resume to 20 equal a straight run of 20, the
-    discriminator too; losses.csv has its TC estimate, loss and accuracy; the checkpoint
-    rebuilds, scores and traverses like any other."""
+    discriminator too; losses.csv has its TC estimate, loss and accuracy, and the progress line
+    the same TC and accuracy; the checkpoint rebuilds, scores and traverses like any other."""
     args = parse(["--objective", "F"])[0]
     assert train.fill_defaults(args).gamma == 35.0 and train.default_lr(64, "F") == 1e-4
     assert train.default_run_name(args) == "F_gamma35_z10_seed0"
@@ -364,6 +365,14 @@ def test_factorvae_trains_resumes_exactly_and_logs_its_discriminator(tmp_path, t
     log = rows(split)
     assert log == rows(straight) and list(log[0])[6:9] == ["tc", "disc_loss", "disc_acc"]
     assert all(0 <= float(r["disc_acc"]) <= 1 for r in log)
+    shown = re.findall(r" step (\d+)/\d+ .* tc (-?[\d.]+) D acc ([\d.]+) \|",
+                       capsys.readouterr().out)
+    assert len(shown) == 8  # every 5 steps of 20, then 10 and 10 more
+    for step, tc, acc in shown[-4:]:  # the split run's, as its losses.csv has them (rounded)
+        row = log[int(step) // 5 - 1]
+        assert int(row["step"]) == int(step)
+        assert float(tc) == pytest.approx(float(row["tc"]), abs=6e-4), step
+        assert float(acc) == pytest.approx(float(row["disc_acc"]), abs=6e-4), step
     import evaluate
     import traverse
     model = checkpoint.rebuild_model(b)
