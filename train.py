@@ -277,9 +277,10 @@ def train(args, ckpt, started):
             if step % args.log_every == 0 or save_now:  # before a checkpoint: seen to be finite
                 log.write(step, total, per_epoch, c)
             if save_now:
-                # FactorVAE's discriminator too: its step comes after the logged values
-                for what, net in [("weights", model)] + ([("discriminator weights", critic[0])]
-                                                         if critic else []):
+                nets = {"weights": model}
+                if critic:  # FactorVAE's discriminator steps after the logged values
+                    nets["discriminator weights"] = critic[0]
+                for what, net in nets.items():
                     if not all(torch.isfinite(p).all() for p in net.parameters()):
                         raise diverged(out, f"{what} became non-finite near step {step}")
                 checkpoint.save(out / "ckpt.pt",
