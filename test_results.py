@@ -100,9 +100,9 @@ def test_readme_study_table_is_the_study_summary():
     """Each trial row of the README's study table is results/study/summary.csv's, rounded (β-VAE,
     FactorVAE, MIG; the best normalised MI of posX, posY and scale; the rotation latent's MI with
     orientation and shape), and the row after a setting's trials (two seeds or more) is their
-    mean ± population std."""
+    mean ± population std; every trial at step 345,600 has its row, and only those."""
     trials = summary_rows("study")
-    group, means = [], 0
+    group, means, shown = [], 0, set()
     for cells in readme_table("Across objectives and seeds"):
         if not cells[0].startswith("["):  # a setting's mean ± std
             assert len(group) >= 2 and cells[0].endswith(f"{len(group)} seeds"), cells[0]
@@ -112,6 +112,8 @@ def test_readme_study_table_is_the_study_summary():
             group, means = [], means + 1
             continue
         row = trials[Path(cells[0].split("](")[1].rstrip(")")).parent.name]
+        assert row["step"] == "345600" and row["protocol"] == "full", row["trial"]
+        shown.add(row["trial"])
 
         def rounded(key, digits):
             return f"{float(row[key]):.{digits}f}"
@@ -126,6 +128,7 @@ def test_readme_study_table_is_the_study_summary():
             group = []
         group.append(row)
     assert means >= 2 and len(group) <= 1, "a setting's mean row is missing"
+    assert shown == {t for t, row in trials.items() if row["step"] == "345600"}
 
 
 def test_readme_circle_table_is_the_summaries():
