@@ -128,7 +128,8 @@ def test_readme_study_table_is_the_study_summary():
             group = []
         group.append(row)
     assert means >= 2 and len(group) <= 1, "a setting's mean row is missing"
-    assert shown == {t for t, row in trials.items() if row["step"] == "345600"}
+    done = {t for t, row in trials.items() if row["step"] == "345600"}
+    assert shown == done, f"trials at step 345,600 without a README row: {sorted(done - shown)}"
 
 
 def test_readme_circle_table_is_the_summaries():
